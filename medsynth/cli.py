@@ -1,0 +1,263 @@
+"""``python -m medsynth`` / ``medsynth``: the command-line interface.
+
+A user error (bad option, bad file, unknown class) prints one line, ``medsynth: error: ...``, and
+exits with status 2; no traceback. With ``--json`` the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .domains import DOMAINS
+from .errors import MedsynthError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_train_classifier(sub) -> None:
+    from .classify import DEFAULT_ARCH
+    from .train_classifier import ClassifierRecipe as R
+
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a CNN classifier on a <class>/<images> folder",
+        description="Train a timm CNN on DATA/<class>/*.{png,jpg,dcm,...}. The best weights by validation "
+        "macro-F1 are written to OUT as config.json + model.safetensors + README.md (model card), with "
+        "train_log.csv, args.json and split.json. Runs unchanged under 'accelerate launch -m medsynth'.",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--domain", required=True, choices=sorted(DOMAINS), help="domain key; fixes class names and channels")
+    g.add_argument("--data", required=True, help="folder with one sub-folder per class")
+    g.add_argument("--out", required=True, help="output folder for the checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in OUT")
+    g.add_argument("--val-fraction", type=float, default=R.val_fraction,
+                   help="fraction of each class held out for validation (default %(default)s; 0 = none)")
+    g.add_argument("--val-data", default=None, help="separate validation folder instead of a split of DATA")
+    g.add_argument("--image-size", type=int, default=None, help="input size in px (default: the domain's, 128)")
+    g.add_argument("--num-workers", type=int, default=R.num_workers, help="data-loader worker processes (default %(default)s)")
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--arch", default=DEFAULT_ARCH, help="any timm architecture name (default %(default)s)")
+    g.add_argument("--no-pretrained", action="store_true", help="start from random weights instead of ImageNet")
+    g.add_argument("--epochs", type=_positive_int, default=R.epochs, help="maximum epochs (default %(default)s)")
+    g.add_argument("--batch-size", type=_positive_int, default=R.batch_size, help="per-device batch size (default %(default)s)")
+    g.add_argument("--lr", type=float, default=R.lr, help="peak AdamW learning rate (default %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=R.weight_decay, help="AdamW weight decay (default %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=R.warmup_epochs, help="linear warm-up length (default %(default)s)")
+    g.add_argument("--label-smoothing", type=float, default=R.label_smoothing, help="(default %(default)s)")
+    g.add_argument("--balance", choices=["weights", "none"], default=R.balance,
+                   help="class-weighted loss against imbalance, or none (default %(default)s)")
+    g.add_argument("--patience", type=int, default=R.patience,
+                   help="stop after this many epochs without a better validation macro-F1; 0 = never (default %(default)s)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=R.seed, help="seed for the split, initialisation and order (default %(default)s)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=R.device, help="(default %(default)s)")
+    g.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default=R.mixed_precision,
+                   help="auto = bf16/fp16 on a GPU, fp32 on a CPU (default %(default)s)")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this wall time")
+    g.add_argument("--json", action="store_true", help="print the run summary as one JSON line at the end")
+    p.set_defaults(func=_cmd_train_classifier)
+
+
+def _cmd_train_classifier(args) -> int:
+    from .classify import WEIGHTS_NAME
+    from .train_classifier import ClassifierRecipe, train_classifier
+
+    out = Path(args.out)
+    if (out / WEIGHTS_NAME).exists() and not args.overwrite:
+        raise MedsynthError(f"{out} already holds a checkpoint; pass --overwrite or choose another --out")
+    recipe = ClassifierRecipe(
+        domain=args.domain, data=args.data, out=args.out, arch=args.arch, pretrained=not args.no_pretrained,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
+        image_size=args.image_size, val_fraction=args.val_fraction, val_data=args.val_data,
+        patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
+        num_workers=args.num_workers, max_minutes=args.max_minutes, progress=not args.json or sys.stderr.isatty(),
+    )
+    summary = train_classifier(recipe)
+    val = summary["val_metrics"]
+    print(f"saved {summary['out']} (best epoch {summary['best_epoch']}/{summary['epochs_run']}, "
+          f"{summary['seconds'] / 60:.1f} min)"
+          + (f": val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}" if val else ""))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a classifier checkpoint on a labelled folder",
+        description="Classify every image under DATA/<class>/ and report accuracy, macro-F1, per-class "
+        "precision/recall/F1/support and the confusion matrix. Class names and order come from the checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class; other files are ignored")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with all metrics")
+    p.add_argument("--plot", default=None, metavar="PATH", help="also write a confusion-matrix PNG here")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="(default %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_folder
+    from .metrics import plot_confusion_matrix
+
+    result = evaluate_folder(args.checkpoint, args.data, args.batch_size, args.device, progress=not args.json)
+    if args.plot:
+        plot_confusion_matrix(result["confusion_matrix"], result["classes"], args.plot,
+                              f"{result['domain']}: accuracy {result['accuracy']:.3f}, n={result['n']}")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['domain']}: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}"
+          f"  ({result['seconds']:.1f} s)")
+    width = max(len(c) for c in result["classes"])
+    print(f"{'class':<{width}}  precision  recall      f1  support")
+    for name, m in result["per_class"].items():
+        print(f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for name, row in zip(result["classes"], result["confusion_matrix"]):
+        print(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="class probabilities for image files",
+                       description="Print the top class and every class probability for each IMAGE.")
+    p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, WebP or DICOM files")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with all results")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.set_defaults(func=_cmd_classify)
+
+
+def _cmd_classify(args) -> int:
+    from .classify import load_classifier
+    from .evaluate import classify_files
+
+    started = time.time()
+    clf = load_classifier(args.checkpoint, args.device)
+    results = classify_files(clf, args.images)
+    if args.json:
+        print(json.dumps({"domain": clf.config.domain, "classes": clf.classes, "results": results,
+                          "seconds": round(time.time() - started, 3)}))
+        return 0
+    for r in results:
+        probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
+        print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]")
+    return 0
+
+
+def _add_split(sub) -> None:
+    p = sub.add_parser(
+        "split",
+        help="split a labelled folder into OUT/train and OUT/val",
+        description="Deterministic, class-stratified split of DATA/<class>/ into OUT/train/<class>/ and "
+        "OUT/val/<class>/ (hard links where possible, else copies). Train on one, evaluate on the other.",
+    )
+    p.add_argument("--domain", required=True, choices=sorted(DOMAINS))
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class")
+    p.add_argument("--out", required=True, help="new folder to create")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="(default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    p.set_defaults(func=_cmd_split)
+
+
+def _cmd_split(args) -> int:
+    from .data import scan_dataset, stratified_split
+    from .domains import get_domain
+
+    domain = get_domain(args.domain)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise MedsynthError(f"{out} exists and is not empty; choose a new --out")
+    train, val = stratified_split(scan_dataset(args.data, domain.classes), args.val_fraction, args.seed)
+    for part, samples in (("train", train), ("val", val)):
+        for s in samples:
+            target = out / part / domain.classes[s.label] / s.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(s.path, target)
+            except OSError:
+                shutil.copy2(s.path, target)
+    print(f"wrote {out}/train ({len(train)} images) and {out}/val ({len(val)} images)")
+    return 0
+
+
+def _add_domains(sub) -> None:
+    p = sub.add_parser("domains", help="list the known domains and their classes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_domains)
+
+
+def _cmd_domains(args) -> int:
+    if args.json:
+        print(json.dumps({k: {"title": d.title, "classes": list(d.classes), "channels": d.channels,
+                              "classifier_size": d.classifier_size, "diffusion_size": d.diffusion_size}
+                          for k, d in DOMAINS.items()}))
+        return 0
+    for key, d in DOMAINS.items():
+        print(f"{key:<10} {d.title} ({d.channels} channel{'s' if d.channels > 1 else ''}): {', '.join(d.classes)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="medsynth",
+        description="Synthetic medical images from diffusion models, CNN classifiers trained on them, "
+        "and explanations of what the classifiers see. Research use only; not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_split, _add_domains):
+        add(sub)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    try:
+        return args.func(args)
+    except MedsynthError as exc:
+        print(f"medsynth: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("medsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""Training a CNN classifier on a labelled image folder.
+
+The recipe: ImageNet-pretrained timm backbone, AdamW (no decay on norms and biases), linear
+warm-up then cosine decay per step, label smoothing, class-weighted cross-entropy (weights
+inversely proportional to class frequency), domain augmentations, and early stopping on
+validation macro-F1; the best weights are written atomically whenever validation improves.
+
+It runs through ``accelerate``: plain ``python -m medsynth train-classifier`` on a CPU or a GPU,
+or ``accelerate launch -m medsynth train-classifier`` on several GPUs, with no code change.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import atomic
+from .cards import classifier_card
+from .classify import DEFAULT_ARCH, ClassifierConfig, create_classifier, default_normalization, save_checkpoint
+from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
+from .domains import get_domain
+from .errors import MedsynthError
+from .hardware import describe
+from .metrics import classification_metrics
+from .transforms import Normalize, build_augmentation
+
+
+@dataclass
+class ClassifierRecipe:
+    """Every option of a classifier training run (saved as ``args.json`` beside the weights)."""
+
+    domain: str
+    data: str
+    out: str
+    arch: str = DEFAULT_ARCH
+    pretrained: bool = True
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    balance: str = "weights"  # "weights" (class-weighted loss) or "none"
+    image_size: int | None = None  # None: the domain's default classifier size
+    val_fraction: float = 0.15
+    val_data: str | None = None  # a separate labelled folder for validation (e.g. real images)
+    patience: int = 6  # epochs without a better validation macro-F1 before stopping; 0 = never
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else no) | no | fp16 | bf16
+    num_workers: int = 0
+    max_minutes: float | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise MedsynthError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise MedsynthError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise MedsynthError(f"--lr must be positive, got {self.lr}")
+        if self.image_size is not None and self.image_size < 32:
+            raise MedsynthError(f"--image-size must be at least 32, got {self.image_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise MedsynthError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.balance not in ("weights", "none"):
+            raise MedsynthError(f"--balance must be 'weights' or 'none', got {self.balance!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise MedsynthError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MedsynthError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.num_workers < 0:
+            raise MedsynthError(f"--num-workers must be >= 0, got {self.num_workers}")
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """lr multiplier: linear 0 -> 1 over warm-up, then cosine 1 -> 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)  # norms and biases are 1-D
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _mixed_precision(choice: str, cpu: bool) -> str:
+    if choice != "auto":
+        return choice
+    if cpu or not torch.cuda.is_available():
+        return "no"  # bf16 on CPUs without native support is ~30x slower than fp32
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def train_classifier(recipe: ClassifierRecipe) -> dict:
+    """Train, validate each epoch, keep the best weights in ``recipe.out``; returns a summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    recipe.validate()
+    domain = get_domain(recipe.domain)
+    size = recipe.image_size or domain.classifier_size
+    out = Path(recipe.out)
+    cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise MedsynthError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    accelerator = Accelerator(cpu=cpu, mixed_precision=_mixed_precision(recipe.mixed_precision, cpu))
+    main = accelerator.is_main_process
+    show = recipe.progress and accelerator.is_local_main_process
+    set_seed(recipe.seed)
+    started = time.time()
+
+    # -- data ------------------------------------------------------------------------------
+    samples = scan_dataset(recipe.data, domain.classes, require_all=True)
+    if recipe.val_data:
+        train_samples, val_samples = samples, scan_dataset(recipe.val_data, domain.classes, require_all=False)
+    else:
+        train_samples, val_samples = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    train_images = load_resized(train_samples, domain.channels, size, show, "loading training images")
+    val_images = load_resized(val_samples, domain.channels, size, show, "loading validation images")
+    train_labels = [s.label for s in train_samples]
+    counts = np.bincount(train_labels, minlength=domain.num_classes)
+
+    model, pretrained_source = create_classifier(recipe.arch, domain.num_classes, domain.channels, recipe.pretrained)
+    mean, std = default_normalization(model, domain.channels)
+    config = ClassifierConfig(
+        arch=recipe.arch, domain=domain.key, classes=list(domain.classes), channels=domain.channels,
+        input_size=size, mean=mean, std=std, pretrained=pretrained_source,
+    )
+    normalize = Normalize(mean, std)
+    augment = build_augmentation(domain.augmentation, domain.channels)
+    train_ds = ArrayDataset(train_images, train_labels, lambda x: normalize(augment(x)))
+    val_ds = ArrayDataset(val_images, [s.label for s in val_samples], normalize)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=recipe.batch_size, shuffle=True, generator=generator,
+        num_workers=recipe.num_workers, drop_last=len(train_ds) > recipe.batch_size,
+        persistent_workers=recipe.num_workers > 0,
+    )
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=max(64, recipe.batch_size), num_workers=recipe.num_workers)
+
+    steps_per_epoch = len(train_loader)  # single-process count: accelerate steps the schedule per process
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(int(recipe.warmup_epochs * steps_per_epoch), total_steps)
+    )
+    weights = None
+    if recipe.balance == "weights":
+        # w_c = N / (K * n_c): every class contributes equally to the loss.
+        weights = torch.tensor(counts.sum() / (domain.num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.label_smoothing).to(accelerator.device)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        atomic.write_json(out / "args.json", asdict(recipe))
+        atomic.write_json(out / "split.json", {
+            "train": [str(s.path) for s in train_samples],
+            "val": [str(s.path) for s in val_samples],
+        })
+    hardware = describe(accelerator.device, accelerator.num_processes)
+    log_rows: list[dict] = []
+    best: dict | None = None
+    stale = 0
+    stop_reason = "finished all epochs"
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", disable=not show, leave=False)
+        for x, y in bar:
+            with accelerator.autocast():
+                loss = loss_fn(model(x), y)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 2.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        row = {"epoch": epoch, "train_loss": running / max(seen, 1), "lr": scheduler.get_last_lr()[0]}
+
+        if len(val_ds):
+            model.eval()
+            preds, trues = [], []
+            with torch.inference_mode():
+                for x, y in val_loader:
+                    logits = model(x)
+                    p, t = accelerator.gather_for_metrics((logits.argmax(1), y))
+                    preds.append(p.cpu())
+                    trues.append(t.cpu())
+            metrics = classification_metrics(torch.cat(trues).numpy(), torch.cat(preds).numpy(), domain.classes)
+            row.update(val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"])
+            improved = best is None or metrics["macro_f1"] > best["metrics"]["macro_f1"]
+        else:
+            metrics, improved = None, True  # no validation data: keep the latest weights
+        row["seconds"] = time.time() - started
+        log_rows.append(row)
+        if show:
+            tqdm.write(
+                f"epoch {epoch}: loss {row['train_loss']:.4f}"
+                + (f"  val acc {row['val_accuracy']:.4f}  val macro-F1 {row['val_macro_f1']:.4f}" if metrics else "")
+                + ("  (best, saved)" if improved else "")
+            )
+        if improved:
+            best = {"epoch": epoch, "metrics": metrics}
+            stale = 0
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(accelerator.unwrap_model(model), config, out)
+        else:
+            stale += 1
+        if main:
+            _write_log(out / "train_log.csv", log_rows)
+        if recipe.patience and stale >= recipe.patience:  # same metrics on every process: same decision
+            stop_reason = f"early stop: no better validation macro-F1 for {recipe.patience} epochs"
+            break
+        # Clocks differ between processes: the main process decides and the trigger is all-reduced,
+        # so that every process leaves the loop together.
+        if main and recipe.max_minutes and (time.time() - started) / 60 >= recipe.max_minutes:
+            accelerator.set_trigger()
+        if accelerator.check_trigger():
+            stop_reason = f"time budget of {recipe.max_minutes} minutes reached"
+            break
+
+    wall = time.time() - started
+    summary = {
+        "out": str(out),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(log_rows),
+        "stop_reason": stop_reason,
+        "seconds": wall,
+        "hardware": hardware,
+        "n_train": len(train_samples),
+        "n_val": len(val_samples),
+        "train_class_counts": dict(zip(domain.classes, counts.tolist())),
+        "pretrained": pretrained_source,
+        "val_metrics": best["metrics"],
+    }
+    if main:
+        card = classifier_card(config, recipe, summary, log_rows)
+        atomic.write_text(out / "README.md", card)
+        atomic.write_json(out / "train_summary.json", summary)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    fields = sorted({k for row in rows for k in row}, key=lambda k: ["epoch", "train_loss", "val_accuracy",
+                                                                   "val_macro_f1", "lr", "seconds"].index(k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buf.getvalue())

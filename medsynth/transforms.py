@@ -1,0 +1,102 @@
+"""Turning decoded images into model input, identically for training and inference.
+
+Every image is made square without distorting anatomy (the short side is padded by repeating its
+edge pixels, which are background in scans and smears alike), resized with antialiasing, scaled
+to [0, 1] and normalised with the model's mean and std. Augmentations come from the domain's
+``Augmentation`` record.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from .domains import Augmentation
+
+
+def to_float_chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) -> float32 (C, H, W) in [0, 1]."""
+    if not image.flags.writeable:  # arrays viewing PIL buffers are read-only
+        image = image.copy()
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def square_resize(chw: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad the shorter side with replicated edges to make a square, then resize to ``size``."""
+    _, h, w = chw.shape
+    if h != w:
+        diff = abs(h - w)
+        before, after = diff // 2, diff - diff // 2
+        pad = (before, after, 0, 0) if h > w else (0, 0, before, after)  # (left, right, top, bottom)
+        chw = F.pad(chw[None], pad, mode="replicate")[0]
+    if chw.shape[-1] != size:
+        chw = F.interpolate(chw[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return chw
+
+
+def square_resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, C) -> uint8 (size, size, C), squared as ``square_resize`` does."""
+    out = square_resize(to_float_chw(image), size)
+    return (out.clamp_(0, 1).mul_(255).round_().to(torch.uint8)).permute(1, 2, 0).numpy()
+
+
+class Normalize(torch.nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None])
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class RandomRot90(torch.nn.Module):
+    """Rotate by 0, 90, 180 or 270 degrees, uniformly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(0, 4, ()).item())
+        return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
+class ReflectAffine(torch.nn.Module):
+    """A random affine transform whose uncovered corners show reflected content, not black."""
+
+    def __init__(self, degrees: float, translate: float, scale: tuple[float, float]) -> None:
+        super().__init__()
+        self.affine = v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        # Enough margin for the largest rotation + shift + zoom-out the affine can produce.
+        pad = min(size - 1, int(math.ceil(size * 0.3)))
+        padded = F.pad(x[None], (pad, pad, pad, pad), mode="reflect")[0]
+        return self.affine(padded)[..., pad : pad + size, pad : pad + size]
+
+
+def build_augmentation(aug: Augmentation, channels: int) -> torch.nn.Module:
+    """Training augmentations on float (C, H, W) tensors in [0, 1]."""
+    steps: list[torch.nn.Module] = []
+    if aug.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if aug.vflip:
+        steps.append(v2.RandomVerticalFlip())
+    if aug.rot90:
+        steps.append(RandomRot90())
+    if aug.degrees or aug.translate or aug.scale != (1.0, 1.0):
+        steps.append(ReflectAffine(aug.degrees, aug.translate, aug.scale))
+    color = channels == 3
+    if aug.brightness or aug.contrast or (color and (aug.saturation or aug.hue)):
+        steps.append(
+            v2.ColorJitter(
+                brightness=aug.brightness or None,
+                contrast=aug.contrast or None,
+                saturation=(aug.saturation or None) if color else None,
+                hue=(aug.hue or None) if color else None,
+            )
+        )
+    return torch.nn.Sequential(*steps)

@@ -1,0 +1,62 @@
+"""The classifier training recipe: schedule, options, stopping rules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from medsynth.errors import MedsynthError
+from medsynth.train_classifier import ClassifierRecipe, train_classifier, warmup_cosine
+
+from conftest import TINY_ARCH, make_dataset
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(warmup_steps=4, total_steps=14)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(9) == pytest.approx(0.5) and f(14) == pytest.approx(0.0, abs=1e-12)
+    assert all(f(s) >= f(s + 1) for s in range(4, 14))
+    assert warmup_cosine(0, 10)(0) == 1.0 and not math.isnan(warmup_cosine(0, 0)(0))
+
+
+def _recipe(tmp_path, data, **kw):
+    base = dict(domain="covid_ct", data=str(data), out=str(tmp_path / "out"), arch=TINY_ARCH, pretrained=False,
+                epochs=2, batch_size=4, image_size=32, device="cpu", progress=False)
+    base.update(kw)
+    return ClassifierRecipe(**base)
+
+
+def test_max_minutes_stops_cleanly_and_saves(tmp_path):
+    data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=4, channels=1)
+    summary = train_classifier(_recipe(tmp_path, data, epochs=5, max_minutes=1e-6))
+    assert summary["epochs_run"] == 1 and summary["stop_reason"].startswith("time budget")
+    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "README.md").exists()
+
+
+def test_separate_validation_folder(tmp_path):
+    train = make_dataset(tmp_path / "train", ["covid", "non_covid"], n_per_class=4, channels=1, seed=1)
+    val = make_dataset(tmp_path / "val", ["covid", "non_covid"], n_per_class=3, channels=1, seed=2)
+    summary = train_classifier(_recipe(tmp_path, train, val_data=str(val), epochs=1))
+    assert summary["n_train"] == 8 and summary["n_val"] == 6
+    split = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert all("/val/" in p for p in split["val"])
+    assert "the separate folder" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_no_validation_keeps_last_epoch(tmp_path):
+    data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=3, channels=1)
+    summary = train_classifier(_recipe(tmp_path, data, val_fraction=0.0, epochs=2))
+    assert summary["best_epoch"] == 2 and summary["val_metrics"] is None and summary["n_val"] == 0
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [("epochs", 0, "--epochs must be at least 1"), ("lr", 0.0, "--lr must be positive"),
+     ("val_fraction", 1.0, r"--val-fraction must be in \[0, 1\)"), ("image_size", 8, "--image-size must be at least 32"),
+     ("balance", "oversample", "--balance must be"), ("device", "tpu", "--device must be")],
+)
+def test_recipe_validation(tmp_path, field, value, message):
+    with pytest.raises(MedsynthError, match=message):
+        train_classifier(_recipe(tmp_path, tmp_path, **{field: value}))
