@@ -6,6 +6,7 @@ import platform
 from dataclasses import asdict
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .domains import get_domain
@@ -122,3 +123,72 @@ Confusion matrix (rows: true class):
 - {DISCLAIMER}
 """
     return "\n".join(header) + "\n" + body
+
+
+def diffusion_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dict]) -> str:
+    """Model card of a class-conditional diffusion checkpoint (diffusers format)."""
+    losses = [r["loss"] for r in loss_rows]
+    first = f"{np.mean(losses[:5]):.4f}" if losses else "n/a"
+    last = f"{np.mean(losses[-5:]):.4f}" if losses else "n/a"
+    recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(recipe).items() if k != "progress")
+    counts = ", ".join(f"{k} {v}" for k, v in info["train_class_counts"].items())
+    status = "final" if info["final"] else "intermediate (training continues)"
+    return f"""---
+license: other
+library_name: diffusers
+pipeline_tag: unconditional-image-generation
+tags:
+- medsynth
+- medical-imaging
+- class-conditional
+- {domain.key}
+datasets:
+- {domain.key}
+---
+
+# medsynth class-conditional diffusion model: {domain.title}
+
+A class-conditional `UNet2DModel` ({info['parameters'] / 1e6:.2f} M parameters, preset `{recipe.preset}`,
+{recipe.training_resolution} px, {domain.channels} channel(s)) for {len(domain.classes)} classes
+({", ".join(domain.classes)}), trained with `python -m medsynth train-diffusion`. The weights are the
+exponential moving average (EMA) of the training weights. Checkpoint status: {status}.
+
+**{DISCLAIMER}** Synthetic images are not real patients' scans and must not be presented as such.
+
+## Use
+
+```bash
+python -m medsynth generate --checkpoint PATH --class {domain.classes[0]} --n 8 --sampler dpmpp --steps 20 --seed 0 --out samples/
+```
+
+```python
+from medsynth.diffusion import load_pipeline
+pipe = load_pipeline("PATH")
+images = pipe(["{domain.classes[0]}"] * 4, num_inference_steps=20, sampler="dpmpp")  # uint8 (4, H, W, C)
+```
+
+## Data
+
+- Training folder: `{recipe.data}`: {info['n_train']} images ({counts}); {info['n_val']} images
+  ({recipe.val_fraction:.0%} per class, seed {recipe.seed}) kept aside in `split.json` for image-quality metrics.
+- Reference dataset of this domain: {domain.dataset or 'n/a'}; licence: {domain.dataset_license}.
+
+## Training
+
+{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.
+Loss (Min-SNR-weighted MSE, mean of 5 log points): {first} at the start, {last} at the end; every
+point is in `loss.csv`. Sample grids (rows: classes in order; DPM-Solver++ 20 steps, fixed seeds) are
+in `samples/`, the latest in `sample_grid.png`.
+
+![samples](sample_grid.png)
+
+| option | value |
+| --- | --- |
+{recipe_rows}
+
+## Limitations
+
+- Trained on one public dataset at low resolution; samples reproduce its biases and artefacts
+  (see the dataset's provenance notes), and may be near-copies of training images.
+- {DISCLAIMER}
+"""

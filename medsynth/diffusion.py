@@ -1,0 +1,262 @@
+"""Class-conditional diffusion: the UNet factory, our pipeline, and the samplers.
+
+The model is a diffusers ``UNet2DModel`` with a class embedding of ``K + 1`` entries: the K
+classes of the domain plus one "no class" index used for classifier-free guidance (Ho & Salimans
+2022). ``ClassConditionalPipeline`` is a ``DiffusionPipeline`` subclass (``DDPMPipeline`` takes no
+labels) whose ``save_pretrained`` folder is SPEC's checkpoint: ``model_index.json`` (with the
+domain and class names), ``unet/`` and ``scheduler/``. Loading it never touches the network.
+
+Samplers are swapped by name on a copy of the training scheduler's config, so one checkpoint
+samples with ``ddpm`` (the full 1000-step ancestral chain), ``ddim`` or ``dpmpp``
+(DPM-Solver++ multistep), and a sampler choice never leaks into another call.
+"""
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import MedsynthError
+
+#: Named UNet sizes. ``cpu``: 64 px, ~4 M parameters, trainable on two cores in hours.
+#: ``gpu``: 128 px, under 20 M parameters (fp16 weights under 40 MB). ``tiny``: tests.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        resolution=32, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=8,
+    ),
+    "cpu": dict(
+        resolution=64, block_out_channels=(32, 64, 128, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=32, attention_head_dim=32,
+    ),
+    "gpu": dict(
+        resolution=128, block_out_channels=(64, 128, 128, 192, 192), layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=32, attention_head_dim=32,
+    ),
+}
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+
+
+def create_unet(preset: str, num_classes: int, channels: int, **overrides) -> "UNet2DModel":  # noqa: F821
+    """A class-conditional UNet2DModel from a named preset; any preset value can be overridden."""
+    from diffusers import UNet2DModel
+
+    if preset not in PRESETS:
+        raise MedsynthError(f"unknown preset {preset!r}; expected one of: {', '.join(PRESETS)}")
+    cfg = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    resolution = cfg.pop("resolution")
+    levels = len(cfg["block_out_channels"])
+    if resolution % (2 ** (levels - 1)):
+        raise MedsynthError(f"resolution {resolution} must be divisible by {2 ** (levels - 1)} for preset {preset!r}")
+    return UNet2DModel(
+        sample_size=resolution, in_channels=channels, out_channels=channels,
+        num_class_embeds=num_classes + 1,  # index num_classes = "no class" for guidance
+        **cfg,
+    )
+
+
+def make_noise_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 1000):
+    """The training scheduler: DDPM with the cosine schedule (Nichol & Dhariwal 2021), good at low resolution."""
+    from diffusers import DDPMScheduler
+
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise MedsynthError(f"prediction type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+        prediction_type=prediction_type, clip_sample=True, clip_sample_range=1.0,
+        timestep_spacing="trailing", steps_offset=0, variance_type="fixed_small",
+    )
+
+
+def sampler_scheduler(name: str, config):
+    """A fresh scheduler of the named kind, built from the training scheduler's config.
+
+    The values that shape the sampling trajectory are set explicitly: diffusers otherwise fills
+    them from each class's defaults or not, depending on whether the config was just built or
+    read back from disk, and the same seed would give different images. "trailing" timestep
+    spacing starts few-step sampling at the last training step (Lin et al. 2023).
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    common = dict(timestep_spacing="trailing", steps_offset=0)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config, **common, variance_type="fixed_small")
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, **common, clip_sample=True, set_alpha_to_one=False)
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(
+            config, **common, algorithm_type="dpmsolver++", solver_order=2, thresholding=False,
+            lower_order_final=True, final_sigmas_type="zero",
+        )
+    raise MedsynthError(f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
+
+
+def _pipeline_base():
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline
+
+
+class ClassConditionalPipeline(_pipeline_base()):
+    """Generate images of chosen classes: ``pipe(["glioma", "notumor"], num_inference_steps=20)``."""
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler, domain: str = "", classes: list | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(domain=domain, classes=list(classes or []))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes)
+
+    @property
+    def null_class(self) -> int:
+        return self.unet.config.num_class_embeds - 1
+
+    def class_ids(self, labels: Sequence[int | str]) -> list[int]:
+        ids = []
+        for label in labels:
+            if isinstance(label, str):
+                if label not in self.classes:
+                    raise MedsynthError(f"unknown class {label!r}; this model knows: {', '.join(self.classes)}")
+                ids.append(self.classes.index(label))
+            else:
+                if not 0 <= int(label) < self.null_class:
+                    raise MedsynthError(f"class index {label} out of range 0..{self.null_class - 1}")
+                ids.append(int(label))
+        return ids
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Sequence[int | str],
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        sampler: str = "dpmpp",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        output_type: str = "np",
+    ):
+        """Sample one image per label. Returns uint8 (N, H, W, C) for ``output_type="np"``,
+        a float tensor in [0, 1] for ``"pt"``, or a list of PIL images for ``"pil"``.
+
+        ``generator``: one torch.Generator, or one per image (then image i depends only on its
+        own generator, whatever else is in the batch). ``callback(step, total, preview)`` gets the
+        current estimate of the clean images, in [0, 1], after every step.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if int(num_inference_steps) < 1:
+            raise MedsynthError(f"steps must be at least 1, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise MedsynthError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if output_type not in ("np", "pt", "pil"):
+            raise MedsynthError(f"output_type must be np, pt or pil, got {output_type!r}")
+        labels = torch.tensor(self.class_ids(class_labels), device=self.device, dtype=torch.long)
+        scheduler = sampler_scheduler(sampler, self.scheduler.config)
+        unet = self.unet
+        size = unet.config.sample_size
+        shape = (len(labels), unet.config.in_channels, size, size)
+        # x_T ~ N(0, I)
+        x = randn_tensor(shape, generator=generator, device=self.device, dtype=unet.dtype)
+        x = x * scheduler.init_noise_sigma
+        scheduler.set_timesteps(int(num_inference_steps), device=self.device)
+        guided = guidance_scale != 1.0
+        null = torch.full_like(labels, self.null_class)
+        alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
+        total = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
+            model_in = scheduler.scale_model_input(x, t)
+            if guided:
+                # Conditional and unconditional predictions in one batched forward pass.
+                both = unet(torch.cat([model_in, model_in]), t, class_labels=torch.cat([labels, null])).sample
+                cond, uncond = both.chunk(2)
+                # classifier-free guidance: out = out_uncond + w * (out_cond - out_uncond)
+                out = uncond + guidance_scale * (cond - uncond)
+            else:
+                out = unet(model_in, t, class_labels=labels).sample
+            if callback is not None:
+                callback(i, total, self._predict_clean(x, out, t, alphas_cumprod))
+            x = scheduler.step(out, t, x, generator=generator).prev_sample
+        images = (x.float() / 2 + 0.5).clamp(0, 1)  # [-1, 1] -> [0, 1]
+        if output_type == "pt":
+            return images
+        array = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        if output_type == "np":
+            return array
+        from PIL import Image
+
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+
+    def _predict_clean(self, x: torch.Tensor, out: torch.Tensor, t, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        """x0 estimate for previews: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), or from v."""
+        a = alphas_cumprod[int(t)].float()
+        if self.scheduler.config.prediction_type == "v_prediction":
+            x0 = a.sqrt() * x.float() - (1 - a).sqrt() * out.float()  # x0 = sqrt(a) x_t - sqrt(1 - a) v
+        else:
+            x0 = (x.float() - (1 - a).sqrt() * out.float()) / a.sqrt()
+        return (x0 / 2 + 0.5).clamp(0, 1)
+
+
+def _quiet_diffusers() -> None:
+    from diffusers.utils import logging as dlogging
+
+    dlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ClassConditionalPipeline:
+    """Load a saved pipeline folder in float32 (fp16 storage is cast up); never uses the network."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise MedsynthError(
+            f"{path} is not a diffusion checkpoint (no model_index.json); expected the folder written by "
+            "train-diffusion (model_index.json, unet/, scheduler/)"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_diffusers()
+    try:
+        pipe = ClassConditionalPipeline.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise MedsynthError(f"{path}: diffusion checkpoint cannot be loaded ({exc})") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """``save_pretrained`` into a staging folder, then move each file into place with an atomic rename.
+
+    A crash leaves every file either old or new; ``dtype=torch.float16`` halves the weights.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        unet = pipe.unet
+        if dtype is not None and dtype != unet.dtype:
+            unet = type(unet).from_config(unet.config)
+            unet.load_state_dict(pipe.unet.state_dict())
+            unet = unet.to(dtype)
+        ClassConditionalPipeline(unet=unet, scheduler=pipe.scheduler, domain=pipe.config.domain,
+                                 classes=pipe.classes).save_pretrained(staging, safe_serialization=True)
+        for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = out / file.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

@@ -1,0 +1,343 @@
+"""Training the class-conditional diffusion model on a labelled image folder.
+
+Recipe: images made square (edge padding) at the training resolution and scaled to [-1, 1];
+flips/turns only where the domain allows them; DDPM forward process with the cosine schedule;
+epsilon- or v-prediction; Min-SNR-gamma loss weighting (Hang et al. 2023), which converges
+several times faster than the plain MSE on small data; ~10 % of labels replaced by the "no class"
+index so that one network also learns the unconditional model used by classifier-free guidance;
+AdamW with linear warm-up and cosine decay; gradient clipping; an EMA of the weights (the shipped
+weights are the EMA ones); mixed precision on GPUs only.
+
+The output folder is at every checkpoint a loadable pipeline (``model_index.json``, ``unet/``,
+``scheduler/``) plus ``loss.csv``, ``samples/step_*.png`` grids, ``args.json``, a model card
+``README.md`` and ``checkpoints/step_*/`` training states for ``--resume``. Everything is written
+atomically. ``accelerate launch -m medsynth train-diffusion ...`` runs it on several GPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import atomic
+from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
+from .diffusion import PRESETS, ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+from .domains import get_domain
+from .errors import MedsynthError
+from .hardware import describe
+from .train_classifier import _mixed_precision, warmup_cosine
+from .transforms import RandomRot90
+
+
+@dataclass
+class DiffusionRecipe:
+    """Every option of a diffusion training run (saved as ``args.json``)."""
+
+    domain: str
+    data: str
+    out: str
+    preset: str = "cpu"
+    resolution: int | None = None  # None: the preset's
+    block_out_channels: tuple[int, ...] | None = None
+    layers_per_block: int | None = None
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    snr_gamma: float = 5.0  # Min-SNR-gamma; 0 = plain MSE
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    max_steps: int = 20000
+    max_minutes: float | None = None
+    class_dropout: float = 0.1
+    ema_decay: float = 0.9995
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1  # kept aside (listed in split.json) for image-quality metrics
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    sample_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    save_dtype: str = "fp32"  # dtype of the exported pipeline weights: fp32 or fp16
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise MedsynthError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        for name in ("batch_size", "max_steps", "log_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise MedsynthError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.resolution is not None and self.resolution < 16:
+            raise MedsynthError(f"--resolution must be at least 16, got {self.resolution}")
+        if not self.lr > 0:
+            raise MedsynthError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise MedsynthError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise MedsynthError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.save_dtype not in ("fp32", "fp16"):
+            raise MedsynthError(f"--save-dtype must be fp32 or fp16, got {self.save_dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MedsynthError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def training_resolution(self) -> int:
+        return self.resolution or PRESETS[self.preset]["resolution"]
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction.
+
+    SNR(t) = a_t / (1 - a_t) with a_t the cumulative product of alphas.
+    """
+    a = alphas_cumprod.to(t.device)[t].float()
+    snr = a / (1 - a)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def _flips(domain) -> torch.nn.Module:
+    from torchvision.transforms import v2
+
+    aug = domain.augmentation
+    steps = ([v2.RandomHorizontalFlip()] if aug.hflip else []) + ([v2.RandomVerticalFlip()] if aug.vflip else [])
+    steps += [RandomRot90()] if aug.rot90 else []
+    return torch.nn.Sequential(*steps)
+
+
+def sample_grid(pipe: ClassConditionalPipeline, per_class: int = 4, seed: int = 0, steps: int = 20) -> np.ndarray:
+    """One row per class, ``per_class`` columns, fixed seeds: uint8 (rows*S, cols*S, C) with 2-px gaps."""
+    labels = [c for c in range(len(pipe.classes)) for _ in range(per_class)]
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]
+    images = pipe(labels, num_inference_steps=steps, generator=generators, sampler="dpmpp")
+    n, s, _, c = images.shape
+    rows, gap = len(pipe.classes), 2
+    grid = np.full((rows * (s + gap) - gap, per_class * (s + gap) - gap, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, per_class)
+        grid[r * (s + gap) : r * (s + gap) + s, col * (s + gap) : col * (s + gap) + s] = img
+    return grid
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    atomic.write_with(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    complete = [p for p in found if (p / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def train_diffusion(recipe: DiffusionRecipe) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import load_file, save_file
+
+    recipe.validate()
+    domain = get_domain(recipe.domain)
+    out = Path(recipe.out)
+    resolution = recipe.training_resolution
+    cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise MedsynthError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    resume_from = None
+    if recipe.resume:
+        resume_from = _latest_checkpoint(out)
+        if resume_from is None:
+            raise MedsynthError(f"--resume: {out} has no checkpoints/step_*/ to resume from; start without --resume")
+        saved = json.loads((out / "args.json").read_text())
+        for key in ("domain", "preset", "resolution", "block_out_channels", "layers_per_block", "prediction_type"):
+            mine = getattr(recipe, key)
+            mine = list(mine) if isinstance(mine, tuple) else mine
+            if saved.get(key) != mine:
+                raise MedsynthError(f"--resume: {key} was {saved.get(key)!r} in {out}/args.json but is {mine!r} now")
+    elif (out / "model_index.json").exists() or _latest_checkpoint(out) is not None:
+        raise MedsynthError(f"{out} already holds a diffusion run; pass --resume to continue it or choose another --out")
+
+    accelerator = Accelerator(cpu=cpu, mixed_precision=_mixed_precision(recipe.mixed_precision, cpu))
+    main = accelerator.is_main_process
+    show = recipe.progress and accelerator.is_local_main_process
+    set_seed(recipe.seed)
+    started = time.time()
+
+    samples = scan_dataset(recipe.data, domain.classes, require_all=True)
+    train_samples, val_samples = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    images = load_resized(train_samples, domain.channels, resolution, show, "loading training images")
+    counts = np.bincount([s.label for s in train_samples], minlength=domain.num_classes)
+    flips = _flips(domain)
+    dataset = ArrayDataset(images, [s.label for s in train_samples], lambda x: flips(x) * 2 - 1)  # [0,1] -> [-1,1]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=len(dataset) >= recipe.batch_size,
+        num_workers=recipe.num_workers, generator=torch.Generator().manual_seed(recipe.seed),
+    )
+
+    overrides = dict(resolution=resolution, block_out_channels=recipe.block_out_channels,
+                     layers_per_block=recipe.layers_per_block)
+    unet = create_unet(recipe.preset, domain.num_classes, domain.channels, **overrides)
+    noise_scheduler = make_noise_scheduler(recipe.prediction_type)
+    ema = EMAModel(unet.parameters(), decay=recipe.ema_decay, use_ema_warmup=True, power=2 / 3)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.max_steps))
+    step = 0
+    log_rows: list[dict] = []
+    if resume_from is not None:
+        state = json.loads((resume_from / "state.json").read_text())
+        unet.load_state_dict(load_file(str(resume_from / "unet.safetensors")))
+        ema_state = load_file(str(resume_from / "ema.safetensors"))
+        ema.shadow_params = [ema_state[name].clone() for name, _ in unet.named_parameters()]
+        ema.optimization_step = state["ema_optimization_step"]
+        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=True))
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        step = state["step"]
+        if (out / "loss.csv").exists():
+            with open(out / "loss.csv") as fh:
+                log_rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
+        started -= state.get("seconds", 0.0)  # wall time accumulates across resumes
+        if show:
+            tqdm.write(f"resuming from {resume_from} at step {step}")
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    ema.to(accelerator.device)
+    null_class = domain.num_classes
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
+    sample_unet = copy.deepcopy(accelerator.unwrap_model(unet)).eval().to("cpu" if cpu else accelerator.device)
+    hardware = describe(accelerator.device, accelerator.num_processes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if main and resume_from is None:
+        atomic.write_json(out / "args.json", asdict(recipe))
+        atomic.write_json(out / "split.json", {"train": [str(s.path) for s in train_samples],
+                                               "val": [str(s.path) for s in val_samples]})
+
+    def ema_pipeline() -> ClassConditionalPipeline:
+        ema.copy_to(sample_unet.parameters())
+        return ClassConditionalPipeline(unet=sample_unet, scheduler=noise_scheduler, domain=domain.key,
+                                        classes=list(domain.classes))
+
+    def save_all(final: bool = False) -> None:
+        """Training state for --resume, then the EMA pipeline, the grid and the card."""
+        if not main:
+            return
+        ckpt = out / "checkpoints" / f"step_{step:07d}"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        raw = accelerator.unwrap_model(unet)
+        names = [name for name, _ in raw.named_parameters()]
+        atomic.write_with(ckpt / "unet.safetensors", lambda p: save_file(
+            {k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(p)))
+        atomic.write_with(ckpt / "ema.safetensors", lambda p: save_file(
+            {n: t.detach().cpu().contiguous() for n, t in zip(names, ema.shadow_params)}, str(p)))
+        atomic.write_with(ckpt / "optimizer.pt", lambda p: torch.save(optimizer.optimizer.state_dict()
+                                                                         if hasattr(optimizer, "optimizer") else optimizer.state_dict(), p))
+        atomic.write_json(ckpt / "state.json", {"step": step, "ema_optimization_step": ema.optimization_step,
+                                                "lr_scheduler": lr_scheduler.state_dict() if not hasattr(lr_scheduler, "scheduler") else lr_scheduler.scheduler.state_dict(),
+                                                "seconds": time.time() - started})
+        for old in sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-recipe.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        pipe = ema_pipeline()
+        save_pipeline(pipe, out, torch.float16 if recipe.save_dtype == "fp16" else None)
+        grid = sample_grid(pipe)
+        save_png(grid, out / "samples" / f"step_{step:07d}.png")
+        save_png(grid, out / "sample_grid.png")
+        _write_loss_csv(out / "loss.csv", log_rows)
+        from .cards import diffusion_card
+
+        atomic.write_text(out / "README.md", diffusion_card(domain, recipe, {
+            "step": step, "seconds": time.time() - started, "hardware": hardware, "n_train": len(train_samples),
+            "n_val": len(val_samples), "train_class_counts": dict(zip(domain.classes, counts.tolist())),
+            "parameters": sum(p.numel() for p in sample_unet.parameters()), "final": final,
+        }, log_rows))
+
+    bar = tqdm(total=recipe.max_steps, initial=step, desc="train-diffusion", unit="step", disable=not show)
+    running: list[float] = []
+    stop_reason = "reached --max-steps"
+    done = step >= recipe.max_steps
+    epoch = 0
+    while not done:
+        epoch += 1
+        torch.manual_seed(recipe.seed + step)  # a resumed run does not replay the same batches
+        for x, y in loader:
+            unet.train()
+            noise = torch.randn_like(x)  # eps ~ N(0, I)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x.shape[0],), device=x.device)
+            drop = torch.rand(x.shape[0], device=x.device) < recipe.class_dropout
+            labels = torch.where(drop, torch.full_like(y, null_class), y)
+            x_t = noise_scheduler.add_noise(x, noise, t)  # x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
+            target = noise if recipe.prediction_type == "epsilon" else noise_scheduler.get_velocity(x, noise, t)
+            with accelerator.autocast():
+                pred = unet(x_t, t, class_labels=labels).sample
+            mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+            if recipe.snr_gamma > 0:
+                mse = mse * min_snr_weights(alphas_cumprod, t, recipe.snr_gamma, recipe.prediction_type)
+            loss = mse.mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), recipe.grad_clip)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(accelerator.unwrap_model(unet).parameters())
+            step += 1
+            running.append(accelerator.gather(loss.detach()).mean().item())
+            bar.update(1)
+            if step % recipe.log_every == 0:
+                row = {"step": step, "loss": float(np.mean(running)), "lr": lr_scheduler.get_last_lr()[0],
+                       "seconds": time.time() - started}
+                log_rows.append(row)
+                running.clear()
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                if main:
+                    _write_loss_csv(out / "loss.csv", log_rows)
+            if main and recipe.max_minutes and (time.time() - started) / 60 >= recipe.max_minutes:
+                accelerator.set_trigger()
+            out_of_time = accelerator.check_trigger()
+            if out_of_time:
+                stop_reason = f"time budget of {recipe.max_minutes} minutes reached"
+            if step >= recipe.max_steps or out_of_time:
+                done = True
+                break
+            if step % recipe.checkpoint_every == 0 or step % recipe.sample_every == 0:
+                accelerator.wait_for_everyone()
+                save_all()
+    bar.close()
+    if running:
+        log_rows.append({"step": step, "loss": float(np.mean(running)), "lr": lr_scheduler.get_last_lr()[0],
+                         "seconds": time.time() - started})
+    accelerator.wait_for_everyone()
+    save_all(final=True)
+    summary = {"out": str(out), "steps": step, "stop_reason": stop_reason, "seconds": time.time() - started,
+               "hardware": hardware, "n_train": len(train_samples), "n_val": len(val_samples),
+               "final_loss": log_rows[-1]["loss"] if log_rows else None, "resolution": resolution}
+    if main:
+        atomic.write_json(out / "train_summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _write_loss_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr", "seconds"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({"step": int(r["step"]), "loss": f"{r['loss']:.6f}", "lr": f"{r['lr']:.6g}",
+                         "seconds": f"{r['seconds']:.1f}"})
+    atomic.write_text(path, buf.getvalue())
+
+
+RECIPE_FIELDS = [f.name for f in fields(DiffusionRecipe)]

@@ -1,0 +1,233 @@
+"""Class-conditional diffusion: presets, the pipeline and its samplers, training, resume, generate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth.cli import main
+from medsynth.diffusion import (
+    PRESETS, SAMPLERS, ClassConditionalPipeline, create_unet, load_pipeline, make_noise_scheduler, save_pipeline,
+)
+from medsynth.errors import MedsynthError
+from medsynth.train_diffusion import DiffusionRecipe, min_snr_weights, train_diffusion
+
+from conftest import make_dataset
+
+CT = ["covid", "non_covid"]
+
+
+@pytest.fixture
+def pipe() -> ClassConditionalPipeline:
+    torch.manual_seed(0)
+    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
+    return ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct", classes=CT)
+
+
+def _gen(seed: int):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_presets_sizes():
+    def count(preset, channels=1):
+        return sum(p.numel() for p in create_unet(preset, 4, channels).parameters())
+
+    assert 3e6 < count("cpu") < 6e6  # ~4 M parameters: trainable on two cores
+    assert count("gpu", 3) < 20e6  # fp16 weights under 40 MB
+    assert count("tiny") < 3e5
+    assert create_unet("cpu", 4, 1).config.sample_size == PRESETS["cpu"]["resolution"] == 64
+    unet = create_unet("cpu", 4, 3, resolution=32, layers_per_block=2)
+    assert unet.config.sample_size == 32 and unet.config.layers_per_block == 2 and unet.config.in_channels == 3
+    assert unet.config.num_class_embeds == 5  # 4 classes + "no class"
+    with pytest.raises(MedsynthError, match="unknown preset 'huge'"):
+        create_unet("huge", 4, 1)
+    with pytest.raises(MedsynthError, match="must be divisible by 8"):
+        create_unet("cpu", 4, 1, resolution=60)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_two_step_sampling(pipe, sampler):
+    images = pipe(["covid", "non_covid", 1], num_inference_steps=2, generator=_gen(0), sampler=sampler)
+    assert images.shape == (3, 16, 16, 1) and images.dtype == np.uint8
+    again = pipe(["covid", "non_covid", 1], num_inference_steps=2, generator=_gen(0), sampler=sampler)
+    np.testing.assert_array_equal(images, again)  # same seed, same images
+    other = pipe(["covid", "non_covid", 1], num_inference_steps=2, generator=_gen(1), sampler=sampler)
+    assert not np.array_equal(images, other)
+
+
+# Seeded 2-step samples from a seeded, untrained tiny UNet (diffusers' testing style): the image mean
+# and a 3x3 slice, recorded with torch 2.14.1 / diffusers 0.42.1 on CPU.
+RECORDED = {
+    "ddpm": (0.28249, [0.0, 0.5710, 0.3303, 0.0, 0.1928, 0.0, 0.9593, 0.0, 0.4423]),
+    "ddim": (0.32185, [0.0023, 0.0022, 0.0017, 0.1132, 0.0020, 0.1278, 0.9305, 0.2481, 0.0024]),
+    "dpmpp": (0.30469, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_recorded_values(pipe, sampler):
+    out = pipe(["covid"], num_inference_steps=2, generator=_gen(0), sampler=sampler, output_type="pt")
+    mean, window = RECORDED[sampler]
+    assert float(out.mean()) == pytest.approx(mean, abs=2e-3)
+    np.testing.assert_allclose(out[0, 0, 6:9, 6:9].flatten().numpy(), window, atol=2e-3)
+
+
+def test_guidance_changes_the_images(pipe):
+    plain = pipe(["covid", "non_covid"], 3, guidance_scale=1.0, generator=_gen(0), output_type="pt")
+    guided = pipe(["covid", "non_covid"], 3, guidance_scale=3.0, generator=_gen(0), output_type="pt")
+    assert not torch.allclose(plain, guided)
+
+
+def test_per_image_generators_and_outputs(pipe):
+    gens = [_gen(5), _gen(6)]
+    pil = pipe(["covid", "covid"], 2, generator=gens, output_type="pil")
+    assert len(pil) == 2 and pil[0].size == (16, 16) and pil[0].mode == "L"
+    alone = pipe(["covid"], 2, generator=[_gen(6)], output_type="pt")
+    pair = pipe(["covid", "covid"], 2, generator=[_gen(5), _gen(6)], output_type="pt")
+    torch.testing.assert_close(alone[0], pair[1], atol=1e-4, rtol=0)  # image i depends only on its seed
+
+
+def test_callback_previews(pipe):
+    seen = []
+    pipe(["covid"], 4, generator=_gen(0), sampler="ddim",
+         callback=lambda i, total, preview: seen.append((i, total, tuple(preview.shape), float(preview.min()), float(preview.max()))))
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and all(s[1] == 4 and s[2] == (1, 1, 16, 16) for s in seen)
+    assert all(0.0 <= s[3] and s[4] <= 1.0 for s in seen)
+
+
+def test_argument_errors(pipe):
+    with pytest.raises(MedsynthError, match="unknown class 'flu'; this model knows: covid, non_covid"):
+        pipe(["flu"], 2)
+    with pytest.raises(MedsynthError, match="unknown sampler 'euler'; expected one of: ddpm, ddim, dpmpp"):
+        pipe(["covid"], 2, sampler="euler")
+    with pytest.raises(MedsynthError, match="steps must be at least 1"):
+        pipe(["covid"], 0)
+    with pytest.raises(MedsynthError, match="class index 2 out of range"):
+        pipe([2], 2)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_save_load_round_trip(pipe, tmp_path, dtype):
+    save_pipeline(pipe, tmp_path / "p", dtype)
+    assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler"}
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["classes"] == CT and index["domain"] == "covid_ct"
+    assert list((tmp_path / "p" / "unet").glob("*.safetensors"))
+    loaded = load_pipeline(tmp_path / "p")
+    assert loaded.classes == CT and loaded.unet.dtype == torch.float32
+    for sampler in SAMPLERS:
+        a = pipe(["covid", "non_covid"], 3, generator=_gen(2), sampler=sampler, guidance_scale=2.0)
+        b = loaded(["covid", "non_covid"], 3, generator=_gen(2), sampler=sampler, guidance_scale=2.0)
+        if dtype is None:
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(MedsynthError, match="is not a diffusion checkpoint"):
+        load_pipeline(tmp_path)
+
+
+def test_min_snr_weights():
+    ac = make_noise_scheduler().alphas_cumprod
+    t = torch.tensor([0, 500, 999])
+    w = min_snr_weights(ac, t, 5.0, "epsilon")
+    snr = ac[t] / (1 - ac[t])
+    torch.testing.assert_close(w, torch.clamp(snr, max=5.0) / snr)
+    assert w[0] < 0.01 and w[2] == pytest.approx(1.0)  # low noise: down-weighted; high noise: 1
+    wv = min_snr_weights(ac, t, 5.0, "v_prediction")
+    torch.testing.assert_close(wv, torch.clamp(snr, max=5.0) / (snr + 1))
+
+
+def _recipe(tmp_path, data, **kw):
+    base = dict(domain="covid_ct", data=str(data), out=str(tmp_path / "run"), preset="tiny", resolution=16,
+                batch_size=4, max_steps=3, warmup_steps=1, log_every=1, sample_every=100, checkpoint_every=2,
+                device="cpu", progress=False)
+    base.update(kw)
+    return DiffusionRecipe(**base)
+
+
+@pytest.fixture
+def ct_data(tmp_path):
+    return make_dataset(tmp_path / "ct", CT, n_per_class=5, size=24, channels=1)
+
+
+def test_training_max_steps_and_resume(tmp_path, ct_data):
+    summary = train_diffusion(_recipe(tmp_path, ct_data, max_steps=3))
+    run = tmp_path / "run"
+    assert summary["steps"] == 3 and summary["stop_reason"] == "reached --max-steps"
+    assert {"model_index.json", "unet", "scheduler", "loss.csv", "sample_grid.png", "README.md", "args.json",
+            "split.json", "checkpoints", "samples"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "checkpoints" / "step_0000003" / "state.json").read_text())["step"] == 3
+    assert [int(r["step"]) for r in csv.DictReader(open(run / "loss.csv"))] == [1, 2, 3]
+    assert load_pipeline(run)(["covid"], 2, generator=_gen(0)).shape == (1, 16, 16, 1)
+    card = (run / "README.md").read_text()
+    assert card.startswith("---\nlicense:") and "library_name: diffusers" in card and "3 steps" in card
+
+    with pytest.raises(MedsynthError, match="already holds a diffusion run; pass --resume"):
+        train_diffusion(_recipe(tmp_path, ct_data, max_steps=5))
+    with pytest.raises(MedsynthError, match="--resume: resolution was 16"):
+        train_diffusion(_recipe(tmp_path, ct_data, max_steps=5, resume=True, resolution=32))
+    summary = train_diffusion(_recipe(tmp_path, ct_data, max_steps=5, resume=True))
+    assert summary["steps"] == 5  # continued from 3, not restarted
+    assert [int(r["step"]) for r in csv.DictReader(open(run / "loss.csv"))] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000004", "step_0000005"]
+
+
+def test_max_minutes_stops_and_saves(tmp_path, ct_data):
+    summary = train_diffusion(_recipe(tmp_path, ct_data, max_steps=50, max_minutes=1e-6))
+    assert summary["steps"] == 1 and summary["stop_reason"].startswith("time budget")
+    assert (tmp_path / "run" / "model_index.json").exists()
+
+
+def test_resume_without_checkpoint(tmp_path, ct_data):
+    with pytest.raises(MedsynthError, match="has no checkpoints"):
+        train_diffusion(_recipe(tmp_path, ct_data, resume=True))
+
+
+def test_generate_cli(tmp_path, pipe, capsys):
+    save_pipeline(pipe, tmp_path / "p")
+    args = ["generate", "--checkpoint", str(tmp_path / "p"), "--class", "covid", "--n", "3", "--sampler", "ddim",
+            "--steps", "2", "--seed", "7", "--out", str(tmp_path / "g"), "--json"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(record) == ["n", "seconds", "images_per_second", "files"] and record["n"] == 3
+    assert [p.split("/")[-1] for p in record["files"]] == ["covid_000007.png", "covid_000008.png", "covid_000009.png"]
+    first = [open(f, "rb").read() for f in record["files"]]
+    assert main(args) == 0
+    assert [open(f, "rb").read() for f in record["files"]] == first  # same seed, same PNG bytes
+
+    assert main(["generate", "--checkpoint", str(tmp_path / "p"), "--n-per-class", "2", "--steps", "2",
+                 "--out", str(tmp_path / "ds"), "--json"]) == 0
+    from medsynth.data import scan_dataset
+
+    samples = scan_dataset(tmp_path / "ds", CT)  # a labelled dataset that train-classifier accepts
+    assert [s.label for s in samples] == [0, 0, 1, 1]
+    rows = list(csv.DictReader(open(tmp_path / "ds" / "labels.csv")))
+    assert [r["class"] for r in rows] == ["covid", "covid", "non_covid", "non_covid"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [(["--class", "flu"], "unknown class 'flu'"), (["--class", "covid", "--sampler", "euler"], "invalid choice: 'euler'"),
+     (["--class", "covid", "--steps", "0"], "--steps must be at least 1"), ([], "--class is required")],
+)
+def test_generate_cli_errors(tmp_path, pipe, capsys, extra, message):
+    save_pipeline(pipe, tmp_path / "p")
+    try:
+        code = main(["generate", "--checkpoint", str(tmp_path / "p"), "--out", str(tmp_path / "g"), *extra])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_train_diffusion_cli_smoke(tmp_path, ct_data, capsys):
+    assert main(["train-diffusion", "--domain", "covid_ct", "--data", str(ct_data), "--out", str(tmp_path / "r"),
+                 "--preset", "tiny", "--resolution", "16", "--max-steps", "2", "--batch-size", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["resolution"] == 16
