@@ -136,6 +136,7 @@ def create_classifier(
         except ModuleNotFoundError as exc:
             warnings.warn(f"{exc.name} is not installed (pip install -r requirements.txt); "
                           f"{arch} starts from random weights", stacklevel=2)
+            return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels), None
         else:
             model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=channels)
             first_conv = model.pretrained_cfg["first_conv"] + ".weight"
@@ -200,10 +201,11 @@ def _as_float_image(image: Any, channels: int, index: int) -> torch.Tensor:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise MedsynthError(f"image {index}: expected shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
+    if image.shape[2] == 4:  # composite over black, as io.load_image does for files
+        alpha = image[:, :, 3:4].astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+        image = (image[:, :, :3] * alpha).astype(image.dtype) if image.dtype == np.uint8 else image[:, :, :3] * alpha
     if image.dtype == np.uint8:
-        x = torch.from_numpy(np.array(image, copy=not image.flags.writeable)).float().div_(255.0)
+        x = torch.from_numpy(np.array(image, copy=True, order="C")).float().div_(255.0)
     elif np.issubdtype(image.dtype, np.floating):
         lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
         if lo < -1e-3 or hi > 1.0 + 1e-3:

@@ -28,6 +28,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _is_main_process() -> bool:
+    """Under `accelerate launch` every rank runs the command; only rank 0 prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -86,6 +91,10 @@ def _cmd_train_classifier(args) -> int:
     out = Path(args.out)
     if (out / WEIGHTS_NAME).exists() and not args.overwrite:
         raise MedsynthError(f"{out} already holds a checkpoint; pass --overwrite or choose another --out")
+    if args.overwrite and _is_main_process():
+        # Stale files of the old run must not describe the new weights if this run dies early.
+        for name in (WEIGHTS_NAME, "config.json", "README.md", "train_summary.json", "train_log.csv"):
+            (out / name).unlink(missing_ok=True)
     recipe = ClassifierRecipe(
         domain=args.domain, data=args.data, out=args.out, arch=args.arch, pretrained=not args.no_pretrained,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -95,6 +104,8 @@ def _cmd_train_classifier(args) -> int:
         num_workers=args.num_workers, max_minutes=args.max_minutes, progress=not args.json or sys.stderr.isatty(),
     )
     summary = train_classifier(recipe)
+    if not _is_main_process():
+        return 0
     val = summary["val_metrics"]
     print(f"saved {summary['out']} (best epoch {summary['best_epoch']}/{summary['epochs_run']}, "
           f"{summary['seconds'] / 60:.1f} min)"
@@ -279,6 +290,8 @@ def _cmd_train_diffusion(args) -> int:
         progress=not args.json or sys.stderr.isatty(),
     )
     summary = train_diffusion(recipe)
+    if not _is_main_process():
+        return 0
     print(f"saved {summary['out']} at step {summary['steps']} ({summary['stop_reason']}, "
           f"{summary['seconds'] / 60:.1f} min); sample grid: {summary['out']}/sample_grid.png")
     if args.json:

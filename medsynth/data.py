@@ -47,8 +47,12 @@ def _looks_like_image(path: Path) -> bool:
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly inside ``folder``, in natural order; hidden files are skipped."""
     folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _looks_like_image(p)]
-    return sorted(files, key=lambda p: natural_key(p.name))
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise MedsynthError(f"{folder}: cannot be read ({exc.strerror or exc})") from None
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".") and _looks_like_image(p)]
+    return sorted(files, key=lambda p: (natural_key(p.name), p.name))  # raw name breaks ties (a1 vs a01)
 
 
 def scan_dataset(root: str | Path, classes: Sequence[str], require_all: bool = True) -> list[Sample]:
@@ -62,7 +66,10 @@ def scan_dataset(root: str | Path, classes: Sequence[str], require_all: bool = T
         raise MedsynthError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise MedsynthError(f"data folder {root} is not a folder")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise MedsynthError(f"data folder {root} cannot be read ({exc.strerror or exc})") from None
     unknown = [name for name in folders if name not in classes]
     if unknown:
         raise MedsynthError(
@@ -98,7 +105,7 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
     val: list[Sample] = []
     labels = sorted({s.label for s in samples})
     for label in labels:
-        members = sorted((s for s in samples if s.label == label), key=lambda s: natural_key(str(s.path)))
+        members = sorted((s for s in samples if s.label == label), key=lambda s: (natural_key(str(s.path)), str(s.path)))
         order = rng.permutation(len(members))
         n_val = int(round(len(members) * val_fraction))
         if val_fraction > 0 and len(members) >= 2:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
@@ -31,7 +31,12 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 def max_pixels() -> int:
     value = os.environ.get("MEDSYNTH_MAX_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(value)
+    except ValueError:
+        raise ImageLoadError(f"MEDSYNTH_MAX_PIXELS must be a whole number of pixels, got {value!r}") from None
 
 
 def is_dicom(head: bytes) -> bool:
@@ -106,6 +111,9 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our cap (checked below, after Image.open has read only the header) replaces Pillow's, whose
+            # fixed limit would override MEDSYNTH_MAX_PIXELS and give a vaguer message.
+            Image.MAX_IMAGE_PIXELS = None
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels():
@@ -116,6 +124,7 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
             # Animated GIF/WebP/APNG and multi-page TIFF: the first frame.
             frame = next(ImageSequence.Iterator(img))
             frame.load()
+            frame = ImageOps.exif_transpose(frame)  # camera JPEGs: upright, as a viewer shows them
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -179,18 +188,21 @@ def _decode_dicom(data: bytes, name: str) -> np.ndarray:
             f"{name}: DICOM image is {cols}x{rows} pixels, above the {max_pixels():,}-pixel cap; "
             "raise MEDSYNTH_MAX_PIXELS if you trust it"
         )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
+        if frames > 1:
+            ds.pixel_array_options(index=0)  # multi-frame: decode only the first frame, as for animations
         pixels = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        hint = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-        raise ImageLoadError(
-            f"{name}: DICOM pixel data cannot be decoded{hint}: {exc}. For compressed DICOM, "
-            "install pylibjpeg and pylibjpeg-libjpeg, or convert the file to uncompressed DICOM or PNG"
-        ) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # multi-frame: the first frame, as for animated images
+        if syntax is not None and syntax.is_compressed:
+            raise ImageLoadError(
+                f"{name}: compressed DICOM ({syntax.name}) cannot be decoded here ({exc}); install pylibjpeg and "
+                "pylibjpeg-libjpeg, or convert the file to uncompressed DICOM or PNG"
+            ) from None
+        raise ImageLoadError(f"{name}: DICOM pixel data is truncated or corrupt ({exc})") from None
+    if frames > 1 and pixels.ndim == (4 if str(ds.get("PhotometricInterpretation", "")).upper().startswith(("RGB", "YBR")) else 3):
+        pixels = pixels[0]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
         # Stored value -> modality value (Hounsfield units for CT): v * RescaleSlope + RescaleIntercept.

@@ -12,8 +12,9 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
     Rows of the confusion matrix are true classes, columns predicted classes, both in ``classes``
-    order. Macro-F1 averages over the classes present in ``y_true`` (a class with no true examples
-    and no predictions would otherwise count as F1 = 0 and punish a partial evaluation set).
+    order. Macro-F1 is the mean of the per-class F1 over the classes with support > 0: on a full
+    evaluation set that is sklearn's macro average; on a set that lacks some classes, their F1 = 0
+    would otherwise punish the partial set.
     """
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
@@ -21,7 +22,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    present = [i for i in labels if support[i] > 0 or np.any(y_pred == i)]
+    present = [i for i in labels if support[i] > 0]
     return {
         "n": int(y_true.size),
         "accuracy": float(np.mean(y_true == y_pred)) if y_true.size else 0.0,

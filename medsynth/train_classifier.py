@@ -104,6 +104,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _mixed_precision(choice: str, cpu: bool) -> str:
+    if choice == "fp16" and cpu:
+        raise MedsynthError("--mixed-precision fp16 needs a GPU; on a CPU use 'no' (fp32) or 'auto'")
     if choice != "auto":
         return choice
     if cpu or not torch.cuda.is_available():
@@ -148,7 +150,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     )
     normalize = Normalize(mean, std)
     augment = build_augmentation(domain.augmentation, domain.channels)
-    train_ds = ArrayDataset(train_images, train_labels, lambda x: normalize(augment(x)))
+    train_ds = ArrayDataset(train_images, train_labels, torch.nn.Sequential(augment, normalize))
     val_ds = ArrayDataset(val_images, [s.label for s in val_samples], normalize)
     generator = torch.Generator().manual_seed(recipe.seed)
     train_loader = torch.utils.data.DataLoader(

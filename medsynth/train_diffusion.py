@@ -36,7 +36,7 @@ from .domains import get_domain
 from .errors import MedsynthError
 from .hardware import describe
 from .train_classifier import _mixed_precision, warmup_cosine
-from .transforms import RandomRot90
+from .transforms import RandomRot90, ToSymmetric
 
 
 @dataclass
@@ -183,7 +183,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     images = load_resized(train_samples, domain.channels, resolution, show, "loading training images")
     counts = np.bincount([s.label for s in train_samples], minlength=domain.num_classes)
     flips = _flips(domain)
-    dataset = ArrayDataset(images, [s.label for s in train_samples], lambda x: flips(x) * 2 - 1)  # [0,1] -> [-1,1]
+    dataset = ArrayDataset(images, [s.label for s in train_samples], torch.nn.Sequential(flips, ToSymmetric()))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=len(dataset) >= recipe.batch_size,
         num_workers=recipe.num_workers, generator=torch.Generator().manual_seed(recipe.seed),

@@ -21,9 +21,8 @@ from .domains import Augmentation
 
 def to_float_chw(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, C) -> float32 (C, H, W) in [0, 1]."""
-    if not image.flags.writeable:  # arrays viewing PIL buffers are read-only
-        image = image.copy()
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    # A copy: arrays viewing PIL buffers are read-only, flipped views have negative strides.
+    return torch.from_numpy(np.array(image, copy=True, order="C")).permute(2, 0, 1).float().div_(255.0)
 
 
 def square_resize(chw: torch.Tensor, size: int) -> torch.Tensor:
@@ -53,6 +52,13 @@ class Normalize(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class ToSymmetric(torch.nn.Module):
+    """[0, 1] -> [-1, 1], the range diffusion models work in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1
 
 
 class RandomRot90(torch.nn.Module):

@@ -124,3 +124,12 @@ def test_other_arch_warns_and_starts_random():
 def test_unknown_arch():
     with pytest.raises(MedsynthError, match="unknown timm architecture 'efficientnet_l0'"):
         create_classifier("efficientnet_l0", 3, 3)
+
+
+def test_flipped_views_and_rgba_arrays():
+    clf = _tiny()
+    rgb = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    flipped = np.fliplr(rgb)  # a view with negative strides
+    np.testing.assert_allclose(clf.predict_proba([flipped]), clf.predict_proba([flipped.copy()]), atol=1e-6)
+    rgba = np.dstack([rgb, np.zeros((40, 50), np.uint8)])  # fully transparent: black, as load_image gives
+    np.testing.assert_allclose(clf.predict_proba([rgba]), clf.predict_proba([np.zeros_like(rgb)]), atol=1e-6)

@@ -218,3 +218,55 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path / "nope.png")
     with pytest.raises(ImageLoadError, match="is a folder"):
         load_image(tmp_path)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("L", (40, 20), 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "cam.jpg", exif=exif)
+    assert load_image(tmp_path / "cam.jpg", 1).shape == (40, 20, 1)
+
+
+def test_multiframe_dicom_first_frame(tmp_path):
+    from pydicom import dcmread
+
+    frames = np.stack([np.full((20, 24), v, np.uint16) for v in (100, 900, 500)])
+    frames[0, :, :12] = 0  # first frame: left half dark, so min-max gives 0 and 255
+    path = _dicom(tmp_path / "multi.dcm", frames[0])
+    ds = dcmread(path)
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    out = load_image(path, 1)[..., 0]
+    assert out.shape == (20, 24) and (out[:, :12] == 0).all() and (out[:, 12:] == 255).all()
+
+
+def test_truncated_uncompressed_dicom_is_called_corrupt(tmp_path):
+    stored = np.tile(np.linspace(0, 1000, 40), (20, 1)).astype(np.uint16)
+    path = _dicom(tmp_path / "cut.dcm", stored)
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(ImageLoadError, match=r"cut\.dcm: DICOM") as exc:
+        load_image(path)
+    assert "pylibjpeg" not in str(exc.value)
+
+
+def test_bad_pixel_cap_setting(tmp_path, monkeypatch):
+    Image.new("L", (20, 20)).save(tmp_path / "a.png")
+    monkeypatch.setenv("MEDSYNTH_MAX_PIXELS", "lots")
+    with pytest.raises(ImageLoadError, match="MEDSYNTH_MAX_PIXELS must be a whole number"):
+        load_image(tmp_path / "a.png")
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from medsynth import atomic
+
+    atomic.write_text(tmp_path / "card.md", "hello")
+    mode = stat.S_IMODE(os.stat(tmp_path / "card.md").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask and (tmp_path / "card.md").read_text() == "hello"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

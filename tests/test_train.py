@@ -60,3 +60,9 @@ def test_no_validation_keeps_last_epoch(tmp_path):
 def test_recipe_validation(tmp_path, field, value, message):
     with pytest.raises(MedsynthError, match=message):
         train_classifier(_recipe(tmp_path, tmp_path, **{field: value}))
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=3, channels=1)
+    with pytest.raises(MedsynthError, match="fp16 needs a GPU"):
+        train_classifier(_recipe(tmp_path, data, mixed_precision="fp16"))
