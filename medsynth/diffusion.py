@@ -93,8 +93,13 @@ def sampler_scheduler(name: str, config):
     if name == "ddim":
         return DDIMScheduler.from_config(config, **common, clip_sample=True, set_alpha_to_one=False)
     if name == "dpmpp":
+        # On the cosine schedule a_T is ~0, and DPM-Solver++'s data prediction x0 = (x - s eps) / sqrt(a)
+        # explodes at the first steps: dynamic thresholding (Saharia et al. 2022; diffusers' advice for
+        # pixel-space models) clips x0, and lambda_min_clipped skips the steps where log-SNR < -5.1.
+        # Without both, samples saturate to salt-and-pepper noise.
         return DPMSolverMultistepScheduler.from_config(
-            config, **common, algorithm_type="dpmsolver++", solver_order=2, thresholding=False,
+            config, **common, algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
+            dynamic_thresholding_ratio=0.995, sample_max_value=1.0, lambda_min_clipped=-5.1,
             lower_order_final=True, final_sigmas_type="zero",
         )
     raise MedsynthError(f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")

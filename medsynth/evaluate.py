@@ -19,7 +19,7 @@ from .metrics import classification_metrics
 def evaluate_folder(
     checkpoint: str | Path | Classifier,
     data: str | Path,
-    batch_size: int = 64,
+    batch_size: int = 16,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict:
@@ -57,7 +57,7 @@ def evaluate_folder(
     }
 
 
-def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int = 64) -> list[dict]:
+def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int = 16) -> list[dict]:
     """Per file: the top class, its probability and every class probability."""
     images = [load_image(f, clf.config.channels) for f in files]
     probs = clf.predict_proba(images, batch_size=batch_size)

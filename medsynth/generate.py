@@ -31,6 +31,7 @@ def generate_to_folder(
     labelled: bool = False,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    labels_name: str = "labels.csv",
 ) -> dict:
     """Generate one image per (class name, seed) job and save PNGs; returns SPEC's summary.
 
@@ -67,7 +68,18 @@ def generate_to_folder(
     writer = csv.writer(buf)
     writer.writerow(["file", "class", "seed"])
     writer.writerows(rows)
-    atomic.write_text(out / "labels.csv", buf.getvalue())
+    atomic.write_text(out / labels_name, buf.getvalue())
     seconds = time.time() - started
     return {"n": len(files), "seconds": round(seconds, 3),
             "images_per_second": round(len(files) / seconds, 4) if seconds > 0 else None, "files": files}
+
+
+def merge_label_files(out: str | Path, parts: Sequence[str | Path]) -> None:
+    """Join per-process ``labels.<rank>.csv`` files into one ``labels.csv`` (header once, rank order)."""
+    rows: list[str] = []
+    for part in parts:
+        lines = Path(part).read_text().splitlines()
+        rows.extend(lines[1:])
+        Path(part).unlink()
+    rows.sort(key=lambda row: int(row.rsplit(",", 1)[1]))  # seed order, as a single process writes it
+    atomic.write_text(Path(out) / "labels.csv", "file,class,seed\n" + "".join(r + "\n" for r in rows))

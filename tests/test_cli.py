@@ -171,3 +171,20 @@ def test_split_command(tmp_path, capsys):
     assert len(list((tmp_path / "s" / "val" / "covid").iterdir())) == 2
     assert len(list((tmp_path / "s" / "train" / "non_covid").iterdir())) == 8
     assert main(["split", "--domain", "covid_ct", "--data", str(data), "--out", str(tmp_path / "s")]) == 2
+
+
+def test_two_processes_under_torchrun(tmp_path):
+    """The multi-GPU code paths (sharding, gather, the shared stop trigger, rank-0 output) on two CPU processes."""
+    data = make_dataset(tmp_path / "data", ["covid", "non_covid"], n_per_class=6, size=36, channels=1)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "medsynth"]
+    proc = subprocess.run(torchrun + ["train-classifier", "--domain", "covid_ct", "--data", str(data), "--out",
+                                      str(tmp_path / "clf"), "--arch", TINY_ARCH, "--no-pretrained", "--epochs", "3",
+                                      "--batch-size", "4", "--image-size", "32", "--max-minutes", "0.000001", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 only
+    summary = json.loads(lines[0])
+    assert summary["epochs_run"] == 1 and "2 processes" in summary["hardware"]
+    assert (tmp_path / "clf" / "model.safetensors").exists()
