@@ -62,8 +62,11 @@ def _add_train_classifier(sub) -> None:
     g.add_argument("--image-size", type=int, default=None, help="input size in px (default: the domain's, 128)")
     g.add_argument("--num-workers", type=int, default=R.num_workers, help="data-loader worker processes (default %(default)s)")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--arch", default=DEFAULT_ARCH, help="any timm architecture name (default %(default)s)")
+    g.add_argument("--arch", default=None,
+                   help=f"any timm architecture name (default {DEFAULT_ARCH}, or the --init-from checkpoint's)")
     g.add_argument("--no-pretrained", action="store_true", help="start from random weights instead of ImageNet")
+    g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="fine-tune this medsynth classifier checkpoint (same arch and classes) instead")
     g.add_argument("--epochs", type=_positive_int, default=R.epochs, help="maximum epochs (default %(default)s)")
     g.add_argument("--batch-size", type=_positive_int, default=R.batch_size, help="per-device batch size (default %(default)s)")
     g.add_argument("--lr", type=float, default=R.lr, help="peak AdamW learning rate (default %(default)s)")
@@ -101,7 +104,8 @@ def _cmd_train_classifier(args) -> int:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
         image_size=args.image_size, val_fraction=args.val_fraction, val_data=args.val_data,
         patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
-        num_workers=args.num_workers, max_minutes=args.max_minutes, progress=not args.json or sys.stderr.isatty(),
+        num_workers=args.num_workers, max_minutes=args.max_minutes, init_from=args.init_from,
+        progress=not args.json or sys.stderr.isatty(),
     )
     summary = train_classifier(recipe)
     if not _is_main_process():
@@ -296,6 +300,8 @@ def _add_train_diffusion(sub) -> None:
     g.add_argument("--layers-per-block", type=int, default=None, help="override the preset's ResNet layers per block")
     g.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=R.prediction_type,
                    help="(default %(default)s)")
+    g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="fine-tune this diffusion checkpoint (keeps its architecture and resolution)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=_positive_int, default=R.batch_size, help="per-device batch (default %(default)s)")
     g.add_argument("--lr", type=float, default=R.lr, help="peak AdamW learning rate (default %(default)s)")
@@ -336,6 +342,7 @@ def _cmd_train_diffusion(args) -> int:
         val_fraction=args.val_fraction, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
         num_workers=args.num_workers, log_every=args.log_every, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, save_dtype=args.save_dtype, resume=args.resume,
+        init_from=args.init_from,
         progress=not args.json or sys.stderr.isatty(),
     )
     summary = train_diffusion(recipe)

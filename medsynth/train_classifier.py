@@ -41,7 +41,7 @@ class ClassifierRecipe:
     domain: str
     data: str
     out: str
-    arch: str = DEFAULT_ARCH
+    arch: str | None = DEFAULT_ARCH  # None: the default, or the --init-from checkpoint's
     pretrained: bool = True
     epochs: int = 30
     batch_size: int = 64
@@ -59,6 +59,7 @@ class ClassifierRecipe:
     mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else no) | no | fp16 | bf16
     num_workers: int = 0
     max_minutes: float | None = None
+    init_from: str | None = None  # fine-tune a medsynth classifier checkpoint instead of starting from ImageNet
     progress: bool = True
 
     def validate(self) -> None:
@@ -120,7 +121,20 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
 
     recipe.validate()
     domain = get_domain(recipe.domain)
-    size = recipe.image_size or domain.classifier_size
+    base = None
+    if recipe.init_from:
+        from .classify import load_classifier
+
+        base = load_classifier(recipe.init_from)
+        if base.classes != list(domain.classes) or base.config.channels != domain.channels:
+            raise MedsynthError(f"--init-from {recipe.init_from}: its classes {base.classes} do not match domain "
+                                f"{domain.key} ({', '.join(domain.classes)})")
+        if recipe.arch is None:
+            recipe.arch = base.config.arch
+        elif base.config.arch != recipe.arch:
+            raise MedsynthError(f"--init-from {recipe.init_from} is a {base.config.arch}; pass --arch {base.config.arch}")
+    recipe.arch = recipe.arch or DEFAULT_ARCH
+    size = recipe.image_size or (base.config.input_size if base else domain.classifier_size)
     out = Path(recipe.out)
     cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
     if recipe.device == "cuda" and not torch.cuda.is_available():
@@ -142,8 +156,12 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     train_labels = [s.label for s in train_samples]
     counts = np.bincount(train_labels, minlength=domain.num_classes)
 
-    model, pretrained_source = create_classifier(recipe.arch, domain.num_classes, domain.channels, recipe.pretrained)
-    mean, std = default_normalization(model, domain.channels)
+    if base is not None:
+        model, pretrained_source = base.model.train(), f"fine-tuned from {recipe.init_from}"
+        mean, std = base.config.mean, base.config.std
+    else:
+        model, pretrained_source = create_classifier(recipe.arch, domain.num_classes, domain.channels, recipe.pretrained)
+        mean, std = default_normalization(model, domain.channels)
     config = ClassifierConfig(
         arch=recipe.arch, domain=domain.key, classes=list(domain.classes), channels=domain.channels,
         input_size=size, mean=mean, std=std, pretrained=pretrained_source,

@@ -71,6 +71,7 @@ class DiffusionRecipe:
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     save_dtype: str = "fp32"  # dtype of the exported pipeline weights: fp32 or fp16
+    init_from: str | None = None  # fine-tune a diffusion checkpoint (its architecture and resolution are kept)
     resume: bool = False
     progress: bool = True
 
@@ -154,6 +155,16 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     recipe.validate()
     domain = get_domain(recipe.domain)
     out = Path(recipe.out)
+    base_unet = None
+    if recipe.init_from and not recipe.resume:
+        from .diffusion import load_pipeline
+
+        base = load_pipeline(recipe.init_from)
+        if base.classes != list(domain.classes) or base.unet.config.in_channels != domain.channels:
+            raise MedsynthError(f"--init-from {recipe.init_from}: its classes {base.classes} do not match domain "
+                                f"{domain.key} ({', '.join(domain.classes)})")
+        base_unet = base.unet
+        recipe.resolution = base_unet.config.sample_size  # fine-tuning keeps the base's resolution
     resolution = recipe.training_resolution
     cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
     if recipe.device == "cuda" and not torch.cuda.is_available():
@@ -191,7 +202,11 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
 
     overrides = dict(resolution=resolution, block_out_channels=recipe.block_out_channels,
                      layers_per_block=recipe.layers_per_block)
-    unet = create_unet(recipe.preset, domain.num_classes, domain.channels, **overrides)
+    if base_unet is not None:
+        unet = type(base_unet).from_config(base_unet.config)
+        unet.load_state_dict(base_unet.state_dict())
+    else:
+        unet = create_unet(recipe.preset, domain.num_classes, domain.channels, **overrides)
     noise_scheduler = make_noise_scheduler(recipe.prediction_type)
     ema = EMAModel(unet.parameters(), decay=recipe.ema_decay, use_ema_warmup=True, power=2 / 3)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)

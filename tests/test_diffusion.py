@@ -314,3 +314,15 @@ def test_generate_two_processes_under_torchrun(tmp_path, pipe):
     rows = list(csv.DictReader(open(tmp_path / "ds" / "labels.csv")))
     assert [int(r["seed"]) for r in rows] == list(range(6))  # both shards, merged in seed order
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["covid", "labels.csv", "non_covid"]
+
+
+def test_fine_tune_from_a_diffusion_checkpoint(tmp_path, pipe, ct_data):
+    save_pipeline(pipe, tmp_path / "base")
+    summary = train_diffusion(_recipe(tmp_path, ct_data, init_from=str(tmp_path / "base"), resolution=None,
+                                      preset="cpu", max_steps=1))
+    assert summary["resolution"] == 16  # the base's, not the cpu preset's 64
+    tuned = load_pipeline(tmp_path / "run")
+    assert list(tuned.unet.config.block_out_channels) == list(pipe.unet.config.block_out_channels)
+    with pytest.raises(MedsynthError, match="do not match domain brain_mri"):
+        train_diffusion(_recipe(tmp_path, ct_data, domain="brain_mri", out=str(tmp_path / "r2"),
+                                init_from=str(tmp_path / "base")))

@@ -66,3 +66,17 @@ def test_fp16_on_cpu_is_a_clear_error(tmp_path):
     data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=3, channels=1)
     with pytest.raises(MedsynthError, match="fp16 needs a GPU"):
         train_classifier(_recipe(tmp_path, data, mixed_precision="fp16"))
+
+
+def test_fine_tune_from_a_checkpoint(tmp_path, trained_tiny):
+    base, data = trained_tiny
+    summary = train_classifier(ClassifierRecipe(
+        domain="all_blood", data=str(data), out=str(tmp_path / "ft"), arch=TINY_ARCH, init_from=str(base), epochs=1,
+        batch_size=8, device="cpu", progress=False))
+    assert summary["pretrained"] == f"fine-tuned from {base}"
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["input_size"] == 32  # kept from the base
+    with pytest.raises(MedsynthError, match="do not match domain covid_ct"):
+        train_classifier(_recipe(tmp_path, data, init_from=str(base)))
+    with pytest.raises(MedsynthError, match="pass --arch test_efficientnet"):
+        train_classifier(ClassifierRecipe(domain="all_blood", data=str(data), out=str(tmp_path / "x"),
+                                          init_from=str(base), progress=False))

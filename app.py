@@ -1,0 +1,339 @@
+"""medsynth's Gradio app: layout and event wiring only; the logic lives in medsynth.service and medsynth.jobs.
+
+    python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change)
+
+Offline by default: analytics off and the Hugging Face hub offline unless the user opts in.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio builds anything: no outbound calls
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import queue  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from medsynth import service  # noqa: E402
+from medsynth.diffusion import SAMPLERS  # noqa: E402
+from medsynth.domains import DOMAINS, get_domain  # noqa: E402
+from medsynth.errors import MedsynthError  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+DISCLAIMER = "**Research use only. medsynth is not a medical device; do not use it for diagnosis or treatment.**"
+HEAVY = "heavy"  # one shared concurrency slot for model work on a small CPU
+EMPTY_CURVE = pd.DataFrame({"x": [], "y": [], "series": []})
+NO_BASE = "none (ImageNet / from scratch)"
+
+
+def in_public_space() -> bool:
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("MEDSYNTH_SPACE") == "1"
+
+
+def _user_error(fn):
+    """Show MedsynthError (bad file, unknown class, missing model) as a UI error, not a stack trace."""
+    import functools
+    import inspect
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except MedsynthError as exc:
+                raise gr.Error(str(exc)) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MedsynthError as exc:
+            raise gr.Error(str(exc)) from None
+    return wrapper
+
+
+def build_app(store: service.ModelStore | None = None, data_root: str | Path | None = None) -> gr.Blocks:
+    from medsynth import jobs
+
+    store = store or service.ModelStore()
+    data_root = Path(data_root) if data_root else jobs.default_data_root()
+    manager = jobs.JobManager(Path(tempfile.gettempdir()) / "medsynth-jobs")
+    gen_domains = store.domains_with("diffusion")
+    clf_domains = store.domains_with("classifier")
+
+    def class_choices(domain):
+        return ["all classes", *get_domain(domain).classes] if domain else ["all classes"]
+
+    def refresh_models(g_dom, c_dom, c_kind_value, g_model_value):
+        """Re-scan checkpoints: a finished training job's model shows up in Generate and Classify."""
+        g_models = store.models(g_dom, "diffusion") if g_dom else []
+        kinds = store.classifier_kinds(c_dom) if c_dom else []
+        return (gr.Dropdown(choices=g_models, value=g_model_value if g_model_value in g_models else
+                            (g_models[0] if g_models else None)),
+                gr.Dropdown(choices=kinds or list(service.CLASSIFIER_KINDS),
+                            value=c_kind_value if c_kind_value in kinds else (kinds[0] if kinds else "real-trained")))
+
+    # -- callbacks (thin: parse UI values, call the service, shape the outputs) --------------------
+    @_user_error
+    def do_generate(domain, class_choice, count, sampler, steps, guidance, seed, model="diffusion",
+                    progress=gr.Progress()):
+        # The sampler runs in a worker thread; its per-step x0 estimates stream into the preview.
+        updates: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def on_step(step, total, preview):
+            updates.put((step, total, preview))
+
+        def work():
+            try:
+                result["items"] = service.generate(store, domain, class_choice, int(count), sampler, int(steps),
+                                                   float(guidance), int(seed), on_step, model or "diffusion")
+            except Exception as exc:  # re-raised in the event handler below
+                result["error"] = exc
+            finally:
+                updates.put(None)
+
+        started = time.perf_counter()
+        threading.Thread(target=work, daemon=True).start()
+        last_shown = 0.0
+        while (update := updates.get()) is not None:
+            step, total, preview = update
+            progress((step + 1) / total, desc=f"denoising step {step + 1}/{total}")
+            if time.perf_counter() - last_shown > 0.25 or step + 1 == total:  # at most ~4 frames/s to the browser
+                last_shown = time.perf_counter()
+                yield service.to_display(preview), gr.skip(), gr.skip(), f"step {step + 1}/{total}", gr.skip()
+        if "error" in result:
+            raise result["error"]
+        items = result["items"]
+        seconds = time.perf_counter() - started
+        zip_path = service.write_zip(items, Path(tempfile.mkdtemp(prefix="medsynth-")) / f"{domain}_seed{int(seed)}.zip",
+                                     domain)
+        gallery = [(service.to_display(it.image), it.caption) for it in items]
+        status = f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)})"
+        yield service.to_display(items[0].image), gallery, str(zip_path), status, items
+
+    def selected_index(evt: gr.SelectData) -> int:
+        return int(evt.index)
+
+    def send_to_classify(items, selected, domain):
+        if not items:
+            raise gr.Error("generate images first")
+        item = items[selected or 0]
+        return service.to_display(item.image), gr.update(value=domain), gr.Tabs(selected="classify")
+
+    def pick_source(upload_file, image):
+        return upload_file or image
+
+    @_user_error
+    def do_classify(image, upload_file, domain, kind):
+        return service.classify(store, pick_source(upload_file, image), domain, kind)
+
+    @_user_error
+    def do_explain(image, upload_file, domain, kind, seed, progress=gr.Progress()):
+        lime, cam, summary = service.explain_both(store, pick_source(upload_file, image), domain, kind, int(seed),
+                                                  progress=lambda f: progress(f, desc="LIME"))
+        return lime, cam, summary
+
+    def cards_for(domain):
+        parts = []
+        for folder in ("diffusion", "classifier", "classifier_synthetic"):
+            card = store.card(domain, folder)
+            parts.append(f"## {folder}\n\n" + (card.split("---", 2)[-1] if card else "_not installed_"))
+        return "\n\n".join(parts)
+
+    def base_choices(kind, domain):
+        models = store.models(domain, "diffusion" if kind == "diffusion" else "classifier") if domain else []
+        return gr.Dropdown(choices=[NO_BASE, *models], value=NO_BASE)
+
+    @_user_error
+    def start_training(kind, domain, data, steps, epochs, batch_size, gpus, base=NO_BASE):
+        if in_public_space():
+            raise MedsynthError("training is disabled in the public Space; run medsynth locally to train")
+        if data_root is None:
+            raise MedsynthError("training from the app needs a data root: start it with MEDSYNTH_DATA_ROOT=/path/to/data")
+        folder = jobs.resolve_data_dir(data, data_root)
+        out = store.path(domain, "diffusion" if kind == "diffusion" else "classifier")
+        out = out.with_name(out.name + f"-{time.strftime('%Y%m%d-%H%M%S')}")
+        base_path = None if base in (None, "", NO_BASE) else store.path(domain, base)
+        if base_path is not None and base not in store.models(domain, "diffusion" if kind == "diffusion" else "classifier"):
+            raise MedsynthError(f"base checkpoint {base!r} is not a {kind} model of {domain}")
+        cmd = jobs.build_command(kind, domain, str(folder), str(out), steps=int(steps) if kind == "diffusion" else None,
+                                 epochs=int(epochs) if kind == "classifier" else None, batch_size=int(batch_size),
+                                 base_checkpoint=base_path, gpus=int(gpus))
+        manager.start(cmd, str(out), kind)
+        return refresh_job()
+
+    def cancel_training():
+        manager.cancel()
+        return refresh_job()
+
+    def refresh_job():
+        st = manager.status()
+        text = f"**{st['state']}**"
+        if st.get("command"):
+            text += f" · {st['elapsed_seconds']:.0f} s · `{st['command']}`"
+            if st.get("returncode") not in (None, 0):
+                text += f" · exit code {st['returncode']}"
+        points = manager.loss_points()
+        frame = pd.DataFrame(points) if points else EMPTY_CURVE
+        return text, manager.tail(40), frame
+
+    # -- layout ---------------------------------------------------------------------------------
+    with gr.Blocks(title="medsynth", analytics_enabled=False) as demo:
+        gr.Markdown("# medsynth\nSynthetic medical images from class-conditional diffusion models, CNN classifiers "
+                    "trained on them, and what those classifiers look at. " + DISCLAIMER)
+        generated = gr.State([])
+        selected = gr.State(0)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        g_domain = gr.Dropdown(list(DOMAINS), value=gen_domains[0] if gen_domains else next(iter(DOMAINS)),
+                                               label="domain")
+                        g_models = store.models(gen_domains[0], "diffusion") if gen_domains else []
+                        g_model = gr.Dropdown(g_models, value=g_models[0] if g_models else None,
+                                              label="model (shipped, or one you trained)")
+                        g_class = gr.Dropdown(class_choices(gen_domains[0] if gen_domains else None), value="all classes",
+                                              label="class")
+                        g_count = gr.Slider(1, service.MAX_IMAGES, value=4, step=1, label="images")
+                        g_sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp", label="sampler")
+                        g_steps = gr.Slider(1, service.MAX_STEPS, value=20, step=1, label="steps")
+                        g_guidance = gr.Slider(0.0, 8.0, value=1.0, step=0.5, label="guidance (1 = none)")
+                        with gr.Row():
+                            g_seed = gr.Number(0, precision=0, label="seed")
+                            g_dice = gr.Button("random seed", scale=0)
+                        g_go = gr.Button("Generate", variant="primary")
+                    with gr.Column(scale=2):
+                        g_preview = gr.Image(label="preview (first image)", type="numpy", format="png", height=220)
+                        g_gallery = gr.Gallery(label="samples", columns=4, format="png", height=360)
+                        g_status = gr.Markdown()
+                        with gr.Row():
+                            g_zip = gr.File(label="download (PNGs + labels.csv)")
+                            g_send = gr.Button("Send selected image to Classify")
+                if not gen_domains:
+                    gr.Markdown("_No diffusion checkpoint is installed under `checkpoints/`._")
+                g_domain.change(lambda d: gr.Dropdown(choices=class_choices(d), value="all classes"), g_domain, g_class,
+                                api_name="generate_classes")
+                g_dice.click(lambda: random.randint(0, 2**31 - 1), None, g_seed, api_name="random_seed")
+                g_go.click(do_generate, [g_domain, g_class, g_count, g_sampler, g_steps, g_guidance, g_seed, g_model],
+                           [g_preview, g_gallery, g_zip, g_status, generated], api_name="generate",
+                           concurrency_id=HEAVY)
+                g_gallery.select(selected_index, None, selected, api_name="select_generated")
+
+            with gr.Tab("Classify & Explain", id="classify"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        c_image = gr.Image(label="scan", type="filepath", sources=["upload", "clipboard"], height=260)
+                        c_file = gr.File(label="or upload any file (DICOM, TIFF, 16-bit PNG, ...)", type="filepath")
+                        c_domain = gr.Dropdown(list(DOMAINS), value=clf_domains[0] if clf_domains else next(iter(DOMAINS)),
+                                               label="domain")
+                        kinds = store.classifier_kinds(clf_domains[0]) if clf_domains else list(service.CLASSIFIER_KINDS)
+                        c_kind = gr.Dropdown(kinds, value=kinds[0] if kinds else None, label="classifier",
+                                             allow_custom_value=True)
+                        c_seed = gr.Number(0, precision=0, label="LIME seed")
+                        with gr.Row():
+                            c_go = gr.Button("Classify", variant="primary")
+                            c_explain = gr.Button("Explain (LIME + Grad-CAM)")
+                        examples = sorted(str(p) for p in EXAMPLES.glob("*/*.jpg"))
+                        if examples:
+                            gr.Examples([[p, Path(p).parent.name] for p in examples], inputs=[c_image, c_domain],
+                                        label="real examples (see examples/README.md for provenance)")
+                    with gr.Column(scale=2):
+                        c_label = gr.Label(label="class probabilities")
+                        with gr.Row():
+                            c_lime = gr.Image(label="LIME", format="png")
+                            c_cam = gr.Image(label="Grad-CAM", format="png")
+                        c_summary = gr.Markdown()
+                c_go.click(do_classify, [c_image, c_file, c_domain, c_kind], c_label, api_name="classify",
+                           concurrency_id=HEAVY)
+                c_explain.click(do_explain, [c_image, c_file, c_domain, c_kind, c_seed], [c_lime, c_cam, c_summary],
+                                api_name="explain", concurrency_id=HEAVY)
+            g_send.click(send_to_classify, [generated, selected, g_domain], [c_image, c_domain, tabs],
+                         api_name="send_to_classify")
+            for trigger in (g_domain.change, c_domain.change):
+                trigger(refresh_models, [g_domain, c_domain, c_kind, g_model], [g_model, c_kind],
+                        api_visibility="private")
+
+            with gr.Tab("Experiment", id="experiment"):
+                gr.Markdown("Model cards of the installed checkpoints: recipe, validation metrics, confusion matrices. "
+                            "The train-on-synthetic / test-on-real experiment appears here once it lands.")
+                e_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain")
+                e_cards = gr.Markdown(cards_for(next(iter(DOMAINS))))
+                e_domain.change(cards_for, e_domain, e_cards, api_name="model_cards")
+
+            with gr.Tab("Train", id="train"):
+                if in_public_space():
+                    gr.Markdown("Training is disabled in the public Space. Install medsynth locally "
+                                "(`pip install -r requirements.txt`) and run `python app.py` to train on your GPUs.")
+                gpus = jobs.gpu_count()
+                gr.Markdown(f"GPUs detected: **{gpus}** {', '.join(jobs.describe_gpus())}. Data root: "
+                            f"`{data_root or 'not set (start with MEDSYNTH_DATA_ROOT=...)'}`. One job at a time; "
+                            "a finished job's checkpoint is written beside the shipped ones.")
+                with gr.Row():
+                    t_kind = gr.Radio(["diffusion", "classifier"], value="classifier", label="job")
+                    t_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain")
+                    t_data = gr.Textbox(label="data folder (inside the data root)", placeholder="brain_mri")
+                    t_base = gr.Dropdown([NO_BASE, *store.models(next(iter(DOMAINS)), "classifier")], value=NO_BASE,
+                                         label="base checkpoint (fine-tune)", allow_custom_value=True)
+                with gr.Row():
+                    t_steps = gr.Number(2000, precision=0, label="diffusion steps")
+                    t_epochs = gr.Number(10, precision=0, label="classifier epochs")
+                    t_batch = gr.Number(16, precision=0, label="batch size")
+                    t_gpus = gr.Number(gpus, precision=0, minimum=0, maximum=max(gpus, 0), label="GPUs")
+                with gr.Row():
+                    t_start = gr.Button("Start", variant="primary", interactive=not in_public_space())
+                    t_cancel = gr.Button("Cancel", variant="stop")
+                t_status = gr.Markdown("**idle**")
+                t_plot = gr.LinePlot(EMPTY_CURVE, x="x", y="y", color="series", title="training curve (loss; F1)",
+                                     height=260)
+                t_log = gr.Textbox(label="log (tail)", lines=12, max_lines=12, autoscroll=True)
+                timer = gr.Timer(2.0)
+                for trigger in (t_kind.change, t_domain.change):
+                    trigger(base_choices, [t_kind, t_domain], t_base, api_visibility="private")
+                t_start.click(start_training, [t_kind, t_domain, t_data, t_steps, t_epochs, t_batch, t_gpus, t_base],
+                              [t_status, t_log, t_plot], api_name="train_start")
+                t_cancel.click(cancel_training, None, [t_status, t_log, t_plot], api_name="train_cancel")
+                timer.tick(refresh_job, None, [t_status, t_log, t_plot], api_name="train_status")
+                # when a job ends, its checkpoint becomes selectable in Generate and Classify
+                timer.tick(refresh_models, [g_domain, c_domain, c_kind, g_model], [g_model, c_kind],
+                           api_visibility="private")
+
+            with gr.Tab("About", id="about"):
+                gr.Markdown(ABOUT)
+    demo.queue(max_size=16, default_concurrency_limit=1)
+    return demo
+
+
+ABOUT = f"""
+## About medsynth
+
+medsynth turns the study *Diffusion-Based Approaches in Medical Image Generation and Analysis*
+(Nafi, Hossain, Rifat, Zaman, Ahsan, Raman; arXiv 2412.16860, 2024) into software: one
+class-conditional diffusion model per domain generates labelled synthetic images, CNNs trained on
+synthetic images alone are tested on real scans, and LIME and Grad-CAM show what the CNNs look at.
+The study's code was not published; every choice and every number here is medsynth's own.
+
+{DISCLAIMER} Synthetic images are not patients' scans and must never be presented as such.
+
+### Data
+
+| domain | dataset | licence (as reported, not confirmed) |
+| --- | --- | --- |
+""" + "\n".join(f"| {d.title} | {d.dataset} | {d.dataset_license} |" for d in DOMAINS.values()) + """
+
+ImageNet weights: EfficientNet-Lite0/Lite2 by Google (Apache-2.0), PyTorch conversion by ML Illustrated.
+Model cards of the installed checkpoints are in the Experiment tab.
+"""
+
+
+if __name__ == "__main__":
+    build_app().launch()

@@ -1,0 +1,226 @@
+"""The app: service functions as plain calls, the launched app through gradio_client, and a browser test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth import service
+from medsynth.errors import MedsynthError
+
+from conftest import TINY_ARCH, make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "covid_ct" / "covid_00012.jpg"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    """Tiny covid_ct checkpoints in SPEC's layout: diffusion, classifier, classifier_synthetic."""
+    from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+    from medsynth.train_classifier import ClassifierRecipe, train_classifier
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
+    pipe = ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
+                                    classes=["covid", "non_covid"])
+    save_pipeline(pipe, root / "covid_ct" / "diffusion")
+    data = make_dataset(tmp_path_factory.mktemp("data"), ["covid", "non_covid"], n_per_class=4, size=36, channels=1)
+    train_classifier(ClassifierRecipe(domain="covid_ct", data=str(data), out=str(root / "covid_ct" / "classifier"),
+                                      arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32,
+                                      device="cpu", progress=False))
+    shutil.copytree(root / "covid_ct" / "classifier", root / "covid_ct" / "classifier_synthetic")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(checkpoints) -> service.ModelStore:
+    return service.ModelStore(checkpoints)
+
+
+def test_store_discovers_and_caches(store):
+    assert store.domains_with("diffusion") == ["covid_ct"]
+    assert store.pipeline("covid_ct") is store.pipeline("covid_ct")  # loaded once
+    assert store.classifier("covid_ct", "synthetic-trained") is not store.classifier("covid_ct", "real-trained")
+    with pytest.raises(MedsynthError, match="no diffusion model .diffusion. for brain_mri"):
+        store.pipeline("brain_mri")
+    with pytest.raises(MedsynthError, match="unknown classifier kind"):
+        store.classifier("covid_ct", "best")
+
+
+def test_store_reloads_a_rewritten_checkpoint(tmp_path, checkpoints):
+    shutil.copytree(checkpoints / "covid_ct", tmp_path / "covid_ct")
+    s = service.ModelStore(tmp_path)
+    first = s.classifier("covid_ct")
+    weights = tmp_path / "covid_ct" / "classifier" / "model.safetensors"
+    weights.touch()
+    import os
+
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 10))
+    assert s.classifier("covid_ct") is not first
+
+
+def test_plan_and_generate(store, tmp_path):
+    assert service.plan_jobs(["a", "b"], "all classes", 3, 7) == [("a", 7), ("b", 8), ("a", 9)]
+    assert service.plan_jobs(["a", "b"], "b", 2, 0) == [("b", 0), ("b", 1)]
+    with pytest.raises(MedsynthError, match="count must be between 1 and 16"):
+        service.plan_jobs(["a"], "a", 17, 0)
+    steps = []
+    items = service.generate(store, "covid_ct", "all classes", 2, "ddim", 2, 1.0, 5,
+                             on_step=lambda i, n, p: steps.append((i, n, p.shape, p.dtype)))
+    assert [it.caption for it in items] == ["covid · seed 5", "non_covid · seed 6"]
+    assert steps == [(0, 2, (16, 16, 1), np.uint8), (1, 2, (16, 16, 1), np.uint8)]
+    path = service.write_zip(items, tmp_path / "out.zip", "covid_ct")
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["covid/covid_000005.png", "labels.csv", "non_covid/non_covid_000006.png"]
+        assert zf.read("labels.csv").decode().splitlines()[1] == "covid/covid_000005.png,covid,5,covid_ct"
+
+
+def test_classify_and_explain(store, tmp_path):
+    probs = service.classify(store, str(EXAMPLE), "covid_ct", "real-trained")
+    assert set(probs) == {"covid", "non_covid"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    lime, cam, summary = service.explain_both(store, str(EXAMPLE), "covid_ct", "synthetic-trained", seed=0)
+    assert lime.ndim == 3 and cam.ndim == 3 and "synthetic-trained classifier" in summary
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(MedsynthError, match="bad.png: not a recognised image"):
+        service.classify(store, str(tmp_path / "bad.png"), "covid_ct", "real-trained")
+    with pytest.raises(MedsynthError, match="no image"):
+        service.classify(store, None, "covid_ct", "real-trained")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data_root")
+    make_dataset(root / "ct", ["covid", "non_covid"], n_per_class=4, size=36, channels=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def running_app(checkpoints, data_root):
+    import app as app_module
+
+    demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_gradio_client_generate_classify_explain(running_app, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(running_app, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    # four outputs: the gr.State output stays on the server
+    preview, gallery, zip_file, status = client.predict("covid_ct", "all classes", 2, "dpmpp", 2, 1.0, 3,
+                                                        api_name="/generate")
+    assert len(gallery) == 2 and gallery[0]["caption"] == "covid · seed 3" and Path(zip_file).suffix == ".zip"
+    assert "2 image(s)" in status and Path(preview).exists()
+    # the denoising streams: one preview per step (2 steps), then the final result
+    job = client.submit("covid_ct", "covid", 1, "ddim", 2, 1.0, 0, api_name="/generate")
+    job.result()
+    outputs = job.outputs()
+    assert [o[3] for o in outputs[:-1]][-1] == "step 2/2" and "1 image(s)" in outputs[-1][3]
+    label = client.predict(handle_file(str(EXAMPLE)), None, "covid_ct", "real-trained", api_name="/classify")
+    assert {c["label"] for c in label["confidences"]} == {"covid", "non_covid"}
+    lime, cam, summary = client.predict(handle_file(str(EXAMPLE)), None, "covid_ct", "real-trained", 0,
+                                        api_name="/explain")
+    assert Path(lime).exists() and Path(cam).exists() and "LIME" in summary
+    with pytest.raises(Exception, match="not a recognised image"):
+        (tmp_path / "bad.png").write_bytes(b"nope")
+        client.predict(None, handle_file(str(tmp_path / "bad.png")), "covid_ct", "real-trained", api_name="/classify")
+    client.close()
+
+
+def test_browser_generate_upload_classify(running_app, tmp_path):
+    """Open the page in Debian's chromium, generate, upload an image, classify, and save a screenshot."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(running_app)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_text("image(s) in")).to_be_visible(timeout=60_000)
+        page.get_by_role("tab", name="Classify & Explain").click()
+        page.locator("input[type=file]").first.set_input_files(str(EXAMPLE))
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_test_id("label").get_by_text("non_covid").first).to_be_visible(timeout=60_000)
+        shot = Path(os.environ.get("MEDSYNTH_SCREENSHOT", tmp_path / "shot.png"))  # set it to keep the picture
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints, tmp_path):
+    """Start a 1-epoch classifier job through the API, watch its status, then find its checkpoint."""
+    import time
+
+    from gradio_client import Client
+
+    client = Client(running_app, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    with pytest.raises(Exception, match="outside the data root|inside the data root|not inside|escapes"):
+        client.predict("classifier", "covid_ct", "../../etc", 1, 1, 4, 0, api_name="/train_start")
+    # fine-tune the installed real-trained classifier for one epoch
+    status, log, _ = client.predict("classifier", "covid_ct", "ct", 1, 1, 4, 0, "classifier", api_name="/train_start")
+    assert status.startswith("**running**") and "train-classifier" in status
+    with pytest.raises(Exception, match="already running"):
+        client.predict("classifier", "covid_ct", "ct", 1, 1, 4, 0, api_name="/train_start")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        status, log, _ = client.predict(api_name="/train_status")
+        if not status.startswith("**running**"):
+            break
+        time.sleep(1)
+    assert status.startswith("**finished**"), log
+    assert "--init-from" in log
+    new = [k for k in service.ModelStore(checkpoints).classifier_kinds("covid_ct") if k.startswith("classifier-")]
+    assert len(new) == 1
+    from gradio_client import handle_file
+
+    label = client.predict(handle_file(str(EXAMPLE)), None, "covid_ct", new[0], api_name="/classify")
+    assert {c["label"] for c in label["confidences"]} == {"covid", "non_covid"}
+    client.close()
+
+
+def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypatch):
+    import app as app_module
+
+    monkeypatch.setenv("SPACE_ID", "someone/medsynth")
+    demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root)
+    fn = next(b.fn for b in demo.fns.values() if b.api_name == "train_start")
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="training is disabled in the public Space"):
+        fn("classifier", "covid_ct", "ct", 1, 1, 4, 0)
+
+
+def test_send_selected_image_to_classify(checkpoints):
+    import gradio as gr
+
+    import app as app_module
+
+    demo = app_module.build_app(service.ModelStore(checkpoints))
+    fns = {b.api_name: b.fn for b in demo.fns.values()}
+    assert fns["select_generated"](gr.SelectData(None, {"index": 1, "value": None})) == 1
+    items = service.generate(service.ModelStore(checkpoints), "covid_ct", "all classes", 2, "ddim", 2, 1.0, 0)
+    image, domain, tabs = fns["send_to_classify"](items, 1, "covid_ct")
+    assert np.array_equal(image, items[1].image[..., 0]) and domain["value"] == "covid_ct" and tabs.selected == "classify"
