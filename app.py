@@ -12,8 +12,10 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio builds anything: no outbound calls
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import atexit  # noqa: E402
 import queue  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -61,12 +63,27 @@ def _user_error(fn):
     return wrapper
 
 
-def build_app(store: service.ModelStore | None = None, data_root: str | Path | None = None) -> gr.Blocks:
+def _prune(folder: Path, max_age_s: float = 3600) -> None:
+    """Delete generated files older than an hour: downloads must not fill the disk of a long-running app."""
+    now = time.time()
+    for item in folder.iterdir():
+        try:
+            if now - item.stat().st_mtime > max_age_s:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        except OSError:
+            pass
+
+
+def build_app(store: service.ModelStore | None = None, data_root: str | Path | None = None,
+              jobs_dir: str | Path | None = None) -> gr.Blocks:
     from medsynth import jobs
 
     store = store or service.ModelStore()
     data_root = Path(data_root) if data_root else jobs.default_data_root()
-    manager = jobs.JobManager(Path(tempfile.gettempdir()) / "medsynth-jobs")
+    training_enabled = data_root is not None and not in_public_space()
+    work_dir = Path(tempfile.mkdtemp(prefix="medsynth-app-"))  # private (0700), this process only
+    manager = jobs.JobManager(Path(jobs_dir) if jobs_dir else work_dir / "jobs")
+    atexit.register(manager.cancel)  # a training job does not outlive the app that started it
     gen_domains = store.domains_with("diffusion")
     clf_domains = store.domains_with("classifier")
 
@@ -89,8 +106,11 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         # The sampler runs in a worker thread; its per-step x0 estimates stream into the preview.
         updates: queue.Queue = queue.Queue()
         result: dict = {}
+        stop = threading.Event()  # set when the visitor cancels or leaves: the worker stops at the next step
 
         def on_step(step, total, preview):
+            if stop.is_set():
+                raise InterruptedError("generation cancelled")
             updates.put((step, total, preview))
 
         def work():
@@ -103,32 +123,38 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 updates.put(None)
 
         started = time.perf_counter()
-        threading.Thread(target=work, daemon=True).start()
+        threading.Thread(target=work, name="medsynth-generate", daemon=True).start()
         last_shown = 0.0
-        while (update := updates.get()) is not None:
-            step, total, preview = update
-            progress((step + 1) / total, desc=f"denoising step {step + 1}/{total}")
-            if time.perf_counter() - last_shown > 0.25 or step + 1 == total:  # at most ~4 frames/s to the browser
-                last_shown = time.perf_counter()
-                yield service.to_display(preview), gr.skip(), gr.skip(), f"step {step + 1}/{total}", gr.skip()
+        try:
+            while (update := updates.get()) is not None:
+                step, total, preview = update
+                progress((step + 1) / total, desc=f"denoising step {step + 1}/{total}")
+                if time.perf_counter() - last_shown > 0.25 or step + 1 == total:  # at most ~4 frames/s
+                    last_shown = time.perf_counter()
+                    yield service.to_display(preview), gr.skip(), gr.skip(), f"step {step + 1}/{total}", gr.skip()
+        finally:
+            stop.set()
         if "error" in result:
             raise result["error"]
         items = result["items"]
         seconds = time.perf_counter() - started
-        zip_path = service.write_zip(items, Path(tempfile.mkdtemp(prefix="medsynth-")) / f"{domain}_seed{int(seed)}.zip",
+        _prune(work_dir)
+        zip_path = service.write_zip(items, Path(tempfile.mkdtemp(dir=work_dir)) / f"{domain}_seed{items[0].seed}.zip",
                                      domain)
         gallery = [(service.to_display(it.image), it.caption) for it in items]
         status = f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)})"
-        yield service.to_display(items[0].image), gallery, str(zip_path), status, items
+        yield service.to_display(items[0].image), gallery, str(zip_path), status, {"domain": domain, "items": items}
 
     def selected_index(evt: gr.SelectData) -> int:
         return int(evt.index)
 
-    def send_to_classify(items, selected, domain):
+    def send_to_classify(generated, selected):
+        items = (generated or {}).get("items") or []
         if not items:
             raise gr.Error("generate images first")
-        item = items[selected or 0]
-        return service.to_display(item.image), gr.update(value=domain), gr.Tabs(selected="classify")
+        item = items[min(max(int(selected or 0), 0), len(items) - 1)]  # a selection from an older gallery is clamped
+        return (service.to_display(item.image), None, gr.update(value=generated["domain"]),
+                gr.Tabs(selected="classify"))
 
     def pick_source(upload_file, image):
         return upload_file or image
@@ -154,25 +180,33 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         models = store.models(domain, "diffusion" if kind == "diffusion" else "classifier") if domain else []
         return gr.Dropdown(choices=[NO_BASE, *models], value=NO_BASE)
 
-    @_user_error
-    def start_training(kind, domain, data, steps, epochs, batch_size, gpus, base=NO_BASE):
+    def check_training_allowed():
         if in_public_space():
             raise MedsynthError("training is disabled in the public Space; run medsynth locally to train")
         if data_root is None:
             raise MedsynthError("training from the app needs a data root: start it with MEDSYNTH_DATA_ROOT=/path/to/data")
+
+    @_user_error
+    def start_training(kind, domain, data, steps, epochs, batch_size, gpus, base=NO_BASE):
+        check_training_allowed()
+        steps = service.whole_number(steps, "steps", 1, 1_000_000) if kind == "diffusion" else None
+        epochs = service.whole_number(epochs, "epochs", 1, 10_000) if kind == "classifier" else None
+        batch_size = service.whole_number(batch_size, "batch size", 1, 4096)
+        gpus = service.whole_number(gpus, "GPUs", 0, max(jobs.gpu_count(), 0))
         folder = jobs.resolve_data_dir(data, data_root)
         out = store.path(domain, "diffusion" if kind == "diffusion" else "classifier")
         out = out.with_name(out.name + f"-{time.strftime('%Y%m%d-%H%M%S')}")
         base_path = None if base in (None, "", NO_BASE) else store.path(domain, base)
         if base_path is not None and base not in store.models(domain, "diffusion" if kind == "diffusion" else "classifier"):
             raise MedsynthError(f"base checkpoint {base!r} is not a {kind} model of {domain}")
-        cmd = jobs.build_command(kind, domain, str(folder), str(out), steps=int(steps) if kind == "diffusion" else None,
-                                 epochs=int(epochs) if kind == "classifier" else None, batch_size=int(batch_size),
-                                 base_checkpoint=base_path, gpus=int(gpus))
+        cmd = jobs.build_command(kind, domain, str(folder), str(out), steps=steps, epochs=epochs, batch_size=batch_size,
+                                 base_checkpoint=base_path, gpus=gpus)
         manager.start(cmd, str(out), kind)
         return refresh_job()
 
+    @_user_error
     def cancel_training():
+        check_training_allowed()  # where visitors may not train, they may not stop the operator's job either
         manager.cancel()
         return refresh_job()
 
@@ -188,10 +222,11 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         return text, manager.tail(40), frame
 
     # -- layout ---------------------------------------------------------------------------------
-    with gr.Blocks(title="medsynth", analytics_enabled=False) as demo:
+    # delete_cache: gradio's copies of previews, galleries and overlays older than an hour, checked hourly
+    with gr.Blocks(title="medsynth", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# medsynth\nSynthetic medical images from class-conditional diffusion models, CNN classifiers "
                     "trained on them, and what those classifiers look at. " + DISCLAIMER)
-        generated = gr.State([])
+        generated = gr.State({})
         selected = gr.State(0)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
@@ -201,9 +236,9 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                                label="domain")
                         g_models = store.models(gen_domains[0], "diffusion") if gen_domains else []
                         g_model = gr.Dropdown(g_models, value=g_models[0] if g_models else None,
-                                              label="model (shipped, or one you trained)")
+                                              label="model (shipped, or one you trained)", allow_custom_value=True)
                         g_class = gr.Dropdown(class_choices(gen_domains[0] if gen_domains else None), value="all classes",
-                                              label="class")
+                                              label="class", allow_custom_value=True)  # checked by the service
                         g_count = gr.Slider(1, service.MAX_IMAGES, value=4, step=1, label="images")
                         g_sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp", label="sampler")
                         g_steps = gr.Slider(1, service.MAX_STEPS, value=20, step=1, label="steps")
@@ -257,8 +292,12 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                            concurrency_id=HEAVY)
                 c_explain.click(do_explain, [c_image, c_file, c_domain, c_kind, c_seed], [c_lime, c_cam, c_summary],
                                 api_name="explain", concurrency_id=HEAVY)
-            g_send.click(send_to_classify, [generated, selected, g_domain], [c_image, c_domain, tabs],
+            g_send.click(send_to_classify, [generated, selected], [c_image, c_file, c_domain, tabs],
                          api_name="send_to_classify")
+            # one source at a time: a new upload or example replaces an older file, and the other way round
+            c_file.upload(lambda: None, None, c_image, api_visibility="private", queue=False)
+            c_image.change(lambda v: None if v is not None else gr.skip(), c_image, c_file,
+                           api_visibility="private", queue=False)
             for trigger in (g_domain.change, c_domain.change):
                 trigger(refresh_models, [g_domain, c_domain, c_kind, g_model], [g_model, c_kind],
                         api_visibility="private")
@@ -296,20 +335,21 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 t_plot = gr.LinePlot(EMPTY_CURVE, x="x", y="y", color="series", title="training curve (loss; F1)",
                                      height=260)
                 t_log = gr.Textbox(label="log (tail)", lines=12, max_lines=12, autoscroll=True)
-                timer = gr.Timer(2.0)
+                timer = gr.Timer(2.0, active=training_enabled)  # no polling where training is off
                 for trigger in (t_kind.change, t_domain.change):
                     trigger(base_choices, [t_kind, t_domain], t_base, api_visibility="private")
                 t_start.click(start_training, [t_kind, t_domain, t_data, t_steps, t_epochs, t_batch, t_gpus, t_base],
                               [t_status, t_log, t_plot], api_name="train_start")
                 t_cancel.click(cancel_training, None, [t_status, t_log, t_plot], api_name="train_cancel")
-                timer.tick(refresh_job, None, [t_status, t_log, t_plot], api_name="train_status")
+                # cheap reads, outside the queue so that polling never fills it
+                timer.tick(refresh_job, None, [t_status, t_log, t_plot], api_name="train_status", queue=False)
                 # when a job ends, its checkpoint becomes selectable in Generate and Classify
                 timer.tick(refresh_models, [g_domain, c_domain, c_kind, g_model], [g_model, c_kind],
-                           api_visibility="private")
+                           api_visibility="private", queue=False)
 
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT)
-    demo.queue(max_size=16, default_concurrency_limit=1)
+    demo.queue(max_size=64, default_concurrency_limit=1)
     return demo
 
 

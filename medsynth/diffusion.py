@@ -258,7 +258,9 @@ def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.
             unet = unet.to(dtype)
         ClassConditionalPipeline(unet=unet, scheduler=pipe.scheduler, domain=pipe.config.domain,
                                  classes=pipe.classes).save_pretrained(staging, safe_serialization=True)
-        for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+        # model_index.json goes last: a folder that has it is a complete checkpoint (readers rely on that).
+        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == "model_index.json", str(p)))
+        for file in files:
             target = out / file.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, target)

@@ -13,6 +13,7 @@ import io
 import os
 import threading
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,8 @@ from .errors import MedsynthError
 CLASSIFIER_KINDS = {"real-trained": "classifier", "synthetic-trained": "classifier_synthetic"}
 MAX_IMAGES = 16  # per Generate click: bounded, so one visitor cannot occupy a shared CPU for minutes
 MAX_STEPS = 100
+MAX_SEED = 2**32 - 1
+MAX_CACHED_MODELS = 6  # least recently used models are dropped beyond this
 
 
 def default_checkpoint_root() -> Path:
@@ -37,10 +40,12 @@ def default_checkpoint_root() -> Path:
 class ModelStore:
     """Lazily loaded, cached models per checkpoint folder (thread-safe)."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, max_models: int = MAX_CACHED_MODELS) -> None:
         self.root = Path(root) if root is not None else default_checkpoint_root()
-        self._cache: dict[tuple[str, float], object] = {}
-        self._lock = threading.Lock()
+        self.max_models = max_models
+        self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()  # path -> (files' stamp, model)
+        self._lock = threading.Lock()  # guards the cache dict only; loading happens under a per-path lock
+        self._path_locks: dict[str, threading.Lock] = {}
 
     def path(self, domain: str, folder: str) -> Path:
         return self.root / get_domain(domain).key / folder
@@ -59,7 +64,8 @@ class ModelStore:
         if not base.is_dir():
             return []
         marker = "model_index.json" if prefix == "diffusion" else "config.json"
-        found = sorted(p.name for p in base.iterdir() if p.name.startswith(prefix) and (p / marker).is_file())
+        found = sorted(p.name for p in base.iterdir()
+                       if p.name.startswith(prefix) and not p.name.startswith(".") and (p / marker).is_file())
         shipped = [n for n in found if n in ("diffusion", "classifier", "classifier_synthetic")]
         return shipped + [n for n in found if n not in shipped]
 
@@ -69,17 +75,33 @@ class ModelStore:
         named = [kind for kind, folder in CLASSIFIER_KINDS.items() if folder in folders]
         return named + [f for f in folders if f not in CLASSIFIER_KINDS.values()]
 
+    @staticmethod
+    def _stamp(path: Path) -> float:
+        """Newest modification time of the checkpoint's config and weights (not hidden staging folders)."""
+        files = [p for p in (*path.glob("*.json"), *path.glob("*.safetensors"), *path.glob("[!.]*/*")) if p.is_file()]
+        try:
+            return max(p.stat().st_mtime for p in files)
+        except (OSError, ValueError) as exc:  # being rewritten right now, or emptied
+            raise MedsynthError(f"checkpoint {path} is being written or is incomplete ({exc}); try again") from None
+
     def _load(self, path: Path, loader: Callable):
-        marker = path / ("model_index.json" if (path / "model_index.json").exists() else "config.json")
-        weights = sorted(path.rglob("*.safetensors"))
-        stamp = max([marker.stat().st_mtime] + [w.stat().st_mtime for w in weights])
-        key = (str(path), stamp)
+        key = str(path)
         with self._lock:
-            if key not in self._cache:
-                for old in [k for k in self._cache if k[0] == str(path)]:
-                    del self._cache[old]  # the checkpoint was rewritten: drop the stale model
-                self._cache[key] = loader(path)
-            return self._cache[key]
+            lock = self._path_locks.setdefault(key, threading.Lock())
+        with lock:  # one load per checkpoint at a time; other checkpoints are not blocked
+            stamp = self._stamp(path)
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None and hit[0] == stamp:
+                    self._cache.move_to_end(key)
+                    return hit[1]
+            model = loader(path)  # a rewritten checkpoint (a finished job) is loaded afresh
+            with self._lock:
+                self._cache[key] = (stamp, model)
+                self._cache.move_to_end(key)
+                while len(self._cache) > self.max_models:
+                    self._cache.popitem(last=False)
+            return model
 
     def pipeline(self, domain: str, model: str = "diffusion") -> ClassConditionalPipeline:
         if model not in self.models(domain, "diffusion"):
@@ -120,8 +142,25 @@ class Generated:
         return f"{self.class_name} · seed {self.seed}"
 
 
+def whole_number(value, name: str, low: int, high: int) -> int:
+    """A UI number field as an int in [low, high], or a clear error (empty fields arrive as None)."""
+    if value is None or value == "":
+        raise MedsynthError(f"{name} is empty; enter a whole number from {low} to {high}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise MedsynthError(f"{name} must be a whole number, got {value!r}") from None
+    if number != value and not isinstance(value, str) and float(value) != number:
+        raise MedsynthError(f"{name} must be a whole number, got {value!r}")
+    if not low <= number <= high:
+        raise MedsynthError(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
 def plan_jobs(classes: list[str], class_choice: str, count: int, seed: int) -> list[tuple[str, int]]:
     """(class, seed) per image: ``count`` of one class, or ``count`` spread over all classes in turn."""
+    count = whole_number(count, "count", 1, MAX_IMAGES)
+    seed = whole_number(seed, "seed", 0, MAX_SEED - count)
     if not 1 <= count <= MAX_IMAGES:
         raise MedsynthError(f"count must be between 1 and {MAX_IMAGES}, got {count}")
     if class_choice == "all classes":
@@ -146,10 +185,11 @@ def generate(
     """Sample images; ``on_step(step, total, preview)`` gets a uint8 preview of the first image."""
     import torch
 
-    if not 1 <= int(steps) <= MAX_STEPS:
-        raise MedsynthError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+    steps = whole_number(steps, "steps", 1, MAX_STEPS)
+    if guidance is None or not 0 <= float(guidance) <= 20:
+        raise MedsynthError(f"guidance must be between 0 and 20, got {guidance}")
     pipe = store.pipeline(domain, model)
-    jobs = plan_jobs(pipe.classes, class_choice, int(count), int(seed))
+    jobs = plan_jobs(pipe.classes, class_choice, count, seed)
 
     def callback(step: int, total: int, preview: torch.Tensor) -> None:
         if on_step is not None:
@@ -216,8 +256,9 @@ def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 
 
     clf = store.classifier(domain, kind)
     image = read_image(source, domain)
+    seed = whole_number(seed, "LIME seed", 0, MAX_SEED)
     cam = explain(image, clf, "gradcam")
-    lime = explain(image, clf, "lime", seed=int(seed), progress=progress)
+    lime = explain(image, clf, "lime", seed=seed, progress=progress)
     summary = (f"{kind} classifier: **{lime.target_class}** ({lime.probability:.1%}). "
                f"LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s.")
     return lime.overlay, cam.overlay, summary

@@ -73,6 +73,10 @@ def test_plan_and_generate(store, tmp_path):
     assert service.plan_jobs(["a", "b"], "b", 2, 0) == [("b", 0), ("b", 1)]
     with pytest.raises(MedsynthError, match="count must be between 1 and 16"):
         service.plan_jobs(["a"], "a", 17, 0)
+    with pytest.raises(MedsynthError, match="seed is empty"):
+        service.plan_jobs(["a"], "a", 1, None)
+    with pytest.raises(MedsynthError, match="seed must be between 0 and"):
+        service.plan_jobs(["a"], "a", 1, 2**64)
     steps = []
     items = service.generate(store, "covid_ct", "all classes", 2, "ddim", 2, 1.0, 5,
                              on_step=lambda i, n, p: steps.append((i, n, p.shape, p.dtype)))
@@ -110,10 +114,11 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def running_app(checkpoints, data_root):
+def running_app(checkpoints, data_root, tmp_path_factory):
     import app as app_module
 
-    demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root)
+    demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root,
+                                jobs_dir=tmp_path_factory.mktemp("jobs"))
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -124,6 +129,8 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(running_app, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    # any class of the domain is accepted through the API, not only the choices the page was built with
+    assert "1 image(s)" in client.predict("covid_ct", "non_covid", 1, "ddim", 2, 1.0, 0, api_name="/generate")[3]
     # four outputs: the gr.State output stays on the server
     preview, gallery, zip_file, status = client.predict("covid_ct", "all classes", 2, "dpmpp", 2, 1.0, 3,
                                                         api_name="/generate")
@@ -206,11 +213,13 @@ def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypa
 
     monkeypatch.setenv("SPACE_ID", "someone/medsynth")
     demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root)
-    fn = next(b.fn for b in demo.fns.values() if b.api_name == "train_start")
+    fns = {b.api_name: b.fn for b in demo.fns.values()}
     import gradio as gr
 
     with pytest.raises(gr.Error, match="training is disabled in the public Space"):
-        fn("classifier", "covid_ct", "ct", 1, 1, 4, 0)
+        fns["train_start"]("classifier", "covid_ct", "ct", 1, 1, 4, 0)
+    with pytest.raises(gr.Error, match="training is disabled in the public Space"):
+        fns["train_cancel"]()
 
 
 def test_send_selected_image_to_classify(checkpoints):
@@ -222,5 +231,32 @@ def test_send_selected_image_to_classify(checkpoints):
     fns = {b.api_name: b.fn for b in demo.fns.values()}
     assert fns["select_generated"](gr.SelectData(None, {"index": 1, "value": None})) == 1
     items = service.generate(service.ModelStore(checkpoints), "covid_ct", "all classes", 2, "ddim", 2, 1.0, 0)
-    image, domain, tabs = fns["send_to_classify"](items, 1, "covid_ct")
-    assert np.array_equal(image, items[1].image[..., 0]) and domain["value"] == "covid_ct" and tabs.selected == "classify"
+    image, file, domain, tabs = fns["send_to_classify"]({"domain": "covid_ct", "items": items}, 7)  # stale index
+    assert np.array_equal(image, items[1].image[..., 0]) and file is None and domain["value"] == "covid_ct"
+    assert tabs.selected == "classify"
+
+
+def test_cancelled_generation_stops_its_worker(tmp_path):
+    """A visitor who cancels or leaves frees the CPU: the sampling thread ends at its next step.
+
+    With the 64-px cpu-preset UNet, 16 images x 100 ddpm steps take ~30 s here; the worker must be
+    gone within 3 s of the stream being closed.
+    """
+    import threading
+    import time
+
+    import app as app_module
+    from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+
+    save_pipeline(ClassConditionalPipeline(unet=create_unet("cpu", 2, 1), scheduler=make_noise_scheduler(),
+                                           domain="covid_ct", classes=["covid", "non_covid"]),
+                  tmp_path / "covid_ct" / "diffusion")
+    demo = app_module.build_app(service.ModelStore(tmp_path), jobs_dir=tmp_path / "jobs")
+    generate = next(b.fn for b in demo.fns.values() if b.api_name == "generate")
+    stream = generate("covid_ct", "all classes", 16, "ddpm", 100, 1.0, 0, "diffusion", progress=lambda *a, **k: None)
+    next(stream)  # the first preview: sampling is under way
+    closed = time.time()
+    stream.close()  # what gradio does when the client cancels or disconnects
+    while time.time() - closed < 3 and any(t.name == "medsynth-generate" for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not any(t.name == "medsynth-generate" for t in threading.enumerate())
