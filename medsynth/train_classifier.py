@@ -29,7 +29,7 @@ from .classify import DEFAULT_ARCH, ClassifierConfig, create_classifier, default
 from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
 from .domains import get_domain
 from .errors import MedsynthError
-from .hardware import describe
+from .hardware import describe, make_accelerator
 from .metrics import classification_metrics
 from .transforms import Normalize, build_augmentation
 
@@ -104,19 +104,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _mixed_precision(choice: str, cpu: bool) -> str:
-    if choice == "fp16" and cpu:
-        raise MedsynthError("--mixed-precision fp16 needs a GPU; on a CPU use 'no' (fp32) or 'auto'")
-    if choice != "auto":
-        return choice
-    if cpu or not torch.cuda.is_available():
-        return "no"  # bf16 on CPUs without native support is ~30x slower than fp32
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def train_classifier(recipe: ClassifierRecipe) -> dict:
     """Train, validate each epoch, keep the best weights in ``recipe.out``; returns a summary."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     recipe.validate()
@@ -136,10 +125,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     recipe.arch = recipe.arch or DEFAULT_ARCH
     size = recipe.image_size or (base.config.input_size if base else domain.classifier_size)
     out = Path(recipe.out)
-    cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
-    if recipe.device == "cuda" and not torch.cuda.is_available():
-        raise MedsynthError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
-    accelerator = Accelerator(cpu=cpu, mixed_precision=_mixed_precision(recipe.mixed_precision, cpu))
+    accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
     main = accelerator.is_main_process
     show = recipe.progress and accelerator.is_local_main_process
     set_seed(recipe.seed)

@@ -34,8 +34,8 @@ from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
 from .diffusion import PRESETS, ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
 from .domains import get_domain
 from .errors import MedsynthError
-from .hardware import describe
-from .train_classifier import _mixed_precision, warmup_cosine
+from .hardware import describe, make_accelerator
+from .train_classifier import warmup_cosine
 from .transforms import RandomRot90, ToSymmetric
 
 
@@ -147,7 +147,6 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def train_diffusion(recipe: DiffusionRecipe) -> dict:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
     from safetensors.torch import load_file, save_file
@@ -166,9 +165,6 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
         base_unet = base.unet
         recipe.resolution = base_unet.config.sample_size  # fine-tuning keeps the base's resolution
     resolution = recipe.training_resolution
-    cpu = recipe.device == "cpu" or (recipe.device == "auto" and not torch.cuda.is_available())
-    if recipe.device == "cuda" and not torch.cuda.is_available():
-        raise MedsynthError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
     resume_from = None
     if recipe.resume:
         resume_from = _latest_checkpoint(out)
@@ -183,7 +179,8 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     elif (out / "model_index.json").exists() or _latest_checkpoint(out) is not None:
         raise MedsynthError(f"{out} already holds a diffusion run; pass --resume to continue it or choose another --out")
 
-    accelerator = Accelerator(cpu=cpu, mixed_precision=_mixed_precision(recipe.mixed_precision, cpu))
+    accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
+    cpu = accelerator.device.type == "cpu"
     main = accelerator.is_main_process
     show = recipe.progress and accelerator.is_local_main_process
     set_seed(recipe.seed)
