@@ -105,7 +105,7 @@ wall time {minutes:.1f} min on {summary['hardware']}; torch {torch.__version__},
 Confusion matrix (rows: true class):
 
 {_confusion_table(val)}
-""" if val else "No validation data was used; the weights are those of the last epoch.\n") + f"""
+""" if val else "No validation data was used; the weights are those of the last epoch.\n") + """
 ## Training log
 
 | epoch | train loss | val accuracy | val macro-F1 | seconds |

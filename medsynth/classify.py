@@ -27,7 +27,7 @@ from PIL import Image
 
 from . import atomic
 from .errors import MedsynthError
-from .io import _pil_to_array, to_channels
+from .io import _pil_to_array
 from .transforms import Normalize, square_resize
 
 CONFIG_NAME = "config.json"

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 
-def create_unet(preset: str, num_classes: int, channels: int, **overrides) -> "UNet2DModel":  # noqa: F821
+def create_unet(preset: str, num_classes: int, channels: int, **overrides) -> torch.nn.Module:
     """A class-conditional UNet2DModel from a named preset; any preset value can be overridden."""
     from diffusers import UNet2DModel
 

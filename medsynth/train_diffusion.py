@@ -22,7 +22,7 @@ import io
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -351,5 +351,3 @@ def _write_loss_csv(path: Path, rows: list[dict]) -> None:
                          "seconds": f"{r['seconds']:.1f}"})
     atomic.write_text(path, buf.getvalue())
 
-
-RECIPE_FIELDS = [f.name for f in fields(DiffusionRecipe)]
