@@ -55,7 +55,7 @@ class ModelStore:
         return (p / "model_index.json").is_file() if folder == "diffusion" else (p / "config.json").is_file()
 
     def domains_with(self, folder: str) -> list[str]:
-        return [key for key in DOMAINS if self.has(key, folder) or self.models(key, folder)]
+        return [key for key in DOMAINS if self.models(key, folder)]
 
     def models(self, domain: str, prefix: str) -> list[str]:
         """Checkpoint folders of a domain whose name starts with ``prefix`` ("diffusion" or "classifier"):
@@ -150,7 +150,7 @@ def whole_number(value, name: str, low: int, high: int) -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise MedsynthError(f"{name} must be a whole number, got {value!r}") from None
-    if number != value and not isinstance(value, str) and float(value) != number:
+    if isinstance(value, float) and not value.is_integer():
         raise MedsynthError(f"{name} must be a whole number, got {value!r}")
     if not low <= number <= high:
         raise MedsynthError(f"{name} must be between {low} and {high}, got {number}")
@@ -161,8 +161,6 @@ def plan_jobs(classes: list[str], class_choice: str, count: int, seed: int) -> l
     """(class, seed) per image: ``count`` of one class, or ``count`` spread over all classes in turn."""
     count = whole_number(count, "count", 1, MAX_IMAGES)
     seed = whole_number(seed, "seed", 0, MAX_SEED - count)
-    if not 1 <= count <= MAX_IMAGES:
-        raise MedsynthError(f"count must be between 1 and {MAX_IMAGES}, got {count}")
     if class_choice == "all classes":
         return [(classes[i % len(classes)], seed + i) for i in range(count)]
     if class_choice not in classes:
