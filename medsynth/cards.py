@@ -82,7 +82,7 @@ Input: {config.channels}-channel images, made square by edge padding and resized
 
 ## Data
 
-- Training folder: `{recipe.data}`: {summary['n_train']} images ({counts}).
+- Training folder: `{recipe.data}`: {summary['n_train']} images ({counts}).{_synthetic_note(summary.get('synthetic_training_data'))}
 - Validation: {summary['n_val']} images ({'the separate folder `' + str(recipe.val_data) + '`' if recipe.val_data else f'a stratified {recipe.val_fraction:.0%} split with seed {recipe.seed}'}).
 - Reference dataset of this domain: {domain.dataset or 'n/a'}; licence: {domain.dataset_license}.
 - Initial weights: {summary['pretrained'] or 'random initialisation (no pretrained weights available offline)'}.
@@ -119,10 +119,48 @@ Confusion matrix (rows: true class):
 
 - Validation images come from the same public dataset as the training images; accuracy on scans
   from other hospitals, scanners or staining protocols will be lower.
-- See the dataset's provenance notes for known caveats (duplicates, confounders, licence).
+{_caveats(domain)}
 - {DISCLAIMER}
 """
     return "\n".join(header) + "\n" + body
+
+
+def _lineage(base: dict | None, info: dict) -> str:
+    """How a fine-tuned run continues another: its base checkpoint and the totals over the whole chain."""
+    if not base:
+        return ""
+    steps, seconds, chain = info["step"], info["seconds"], []
+    while base:
+        chain.append(base)
+        steps += base.get("steps") or 0
+        seconds += base.get("seconds") or 0
+        base = base.get("base")
+    first = chain[0]
+    text = (f"\nThese steps continue (`--init-from`, fresh optimiser and learning-rate schedule) the checkpoint "
+            f"`{first['path']}`")
+    if first.get("steps") is not None:
+        text += f", itself trained for {first['steps']} steps in {(first.get('seconds') or 0) / 60:.1f} min"
+    return text + f"; in all {steps} steps and {seconds / 60:.1f} min of training."
+
+
+def _caveats(domain: Any) -> str:
+    """The domain's dataset caveats as Markdown list items."""
+    return "\n".join(f"- {c}" for c in domain.caveats) or "- See the dataset's provenance notes for known caveats."
+
+
+def _synthetic_note(record: dict | None) -> str:
+    if not record:
+        return ""
+    guidance = record.get("guidance")
+    return (
+        "\n- **Synthetic images only**: no real image was trained on. They were sampled from the diffusion "
+        f"checkpoint `{record.get('diffusion_checkpoint')}`"
+        + (f" ({record['diffusion_training_steps']} training steps)" if record.get("diffusion_training_steps") else "")
+        + f" at {record.get('resolution')} px: {record.get('n_per_class')} per class, sampler "
+        f"`{record.get('sampler')}` with {record.get('steps')} steps, guidance scale {guidance}, seeds from "
+        f"{record.get('seed')} (`generation.json` in the data folder). Real images only select the epoch "
+        "(validation)."
+    )
 
 
 def diffusion_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dict]) -> str:
@@ -144,6 +182,8 @@ tags:
 - {domain.key}
 datasets:
 - {domain.key}
+metrics:
+- frechet_distance
 ---
 
 # medsynth class-conditional diffusion model: {domain.title}
@@ -175,7 +215,7 @@ images = pipe(["{domain.classes[0]}"] * 4, num_inference_steps=20, sampler="dpmp
 
 ## Training
 
-{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.
+{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_lineage(info.get('base'), info)}
 Loss (Min-SNR-weighted MSE, mean of 5 log points): {first} at the start, {last} at the end; every
 point is in `loss.csv`. Sample grids (rows: classes in order; DPM-Solver++ 20 steps, fixed seeds) are
 in `samples/`, the latest in `sample_grid.png`.
@@ -190,5 +230,101 @@ in `samples/`, the latest in `sample_grid.png`.
 
 - Trained on one public dataset at low resolution; samples reproduce its biases and artefacts
   (see the dataset's provenance notes), and may be near-copies of training images.
+{_caveats(domain)}
 - {DISCLAIMER}
 """
+
+
+def _read_csv(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k not in ("epoch", "step") else int(float(v))) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def _keep_quality_section(old: str, new: str) -> str:
+    """Carry a measured-quality section (written by ``medsynth quality --card``) into a rebuilt card."""
+    from .quality import CARD_SECTION
+
+    start = old.find(CARD_SECTION)
+    if start < 0:
+        return new
+    end = old.find("\n## ", start + len(CARD_SECTION))
+    section = old[start : end + 1 if end >= 0 else len(old)].rstrip("\n") + "\n\n"
+    anchor = new.find("## Limitations")
+    return new[:anchor] + section + new[anchor:] if anchor >= 0 else new.rstrip("\n") + "\n\n" + section
+
+
+def base_run(init_from: str | None) -> dict | None:
+    """Steps and wall time of the checkpoint a run was initialised from (``train_summary.json``), if known."""
+    import json
+    from pathlib import Path
+
+    if not init_from:
+        return None
+    path = Path(init_from) / "train_summary.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"path": str(init_from)}
+    return {"path": str(init_from), "steps": data.get("steps") or data.get("epochs_run"),
+            "seconds": data.get("seconds"), "base": data.get("base")}
+
+
+def rebuild_card(folder) -> str:
+    """Rewrite a checkpoint's README.md from its run records (args.json, train_summary.json, logs).
+
+    For a card written by an older medsynth, or after the domain registry changed (caveats, licence).
+    A measured-quality section already in the card is kept. Returns the new card.
+    """
+    import json
+    from pathlib import Path
+
+    from . import atomic
+    from .errors import MedsynthError
+
+    folder = Path(folder)
+    need = ["args.json", "train_summary.json"]
+    missing = [n for n in need if not (folder / n).is_file()]
+    if missing:
+        raise MedsynthError(f"{folder}: cannot rebuild its card without {', '.join(missing)} (written by training)")
+    args = json.loads((folder / "args.json").read_text())
+    summary = json.loads((folder / "train_summary.json").read_text())
+    old = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
+    if (folder / "model_index.json").is_file():
+        from .train_diffusion import DiffusionRecipe
+
+        recipe = DiffusionRecipe(**args)
+        domain = get_domain(recipe.domain)
+        split = json.loads((folder / "split.json").read_text())
+        counts = {c: 0 for c in domain.classes}
+        for path in split["train"]:
+            counts[Path(path).parent.name] += 1
+        from safetensors import safe_open
+
+        params = 0
+        for weights in (folder / "unet").glob("*.safetensors"):
+            with safe_open(str(weights), "pt") as f:
+                for key in f.keys():
+                    params += int(np.prod(f.get_slice(key).get_shape()))
+        info = {"step": summary["steps"], "seconds": summary["seconds"], "hardware": summary["hardware"],
+                "n_train": summary["n_train"], "n_val": summary["n_val"], "train_class_counts": counts,
+                "parameters": params, "final": True, "base": summary.get("base") or base_run(recipe.init_from)}
+        card = diffusion_card(domain, recipe, info, _read_csv(folder / "loss.csv"))
+    elif (folder / "config.json").is_file():
+        from .classify import ClassifierConfig
+        from .train_classifier import ClassifierRecipe
+
+        config = ClassifierConfig.from_dict(json.loads((folder / "config.json").read_text()), str(folder))
+        recipe = ClassifierRecipe(**args)
+        if "synthetic_training_data" not in summary:  # a summary written before provenance was recorded
+            from .data import read_provenance
+
+            summary["synthetic_training_data"] = read_provenance(recipe.data) if Path(recipe.data).is_dir() else None
+        card = classifier_card(config, recipe, summary, _read_csv(folder / "train_log.csv"))
+    else:
+        raise MedsynthError(f"{folder} is neither a medsynth classifier nor a diffusion checkpoint")
+    card = _keep_quality_section(old, card)
+    atomic.write_text(folder / "README.md", card)
+    return card

@@ -423,11 +423,95 @@ def _cmd_generate(args) -> int:
     else:
         summary = generate_to_folder(pipe, jobs, args.out, args.sampler, args.steps, args.guidance, args.batch_size,
                                      labelled=args.n_per_class is not None, progress=not args.json)
+    if args.n_per_class is not None:  # provenance of a synthetic dataset; train-classifier puts it on its card
+        from .data import write_provenance
+
+        write_provenance(args.out, args.checkpoint, pipe, n_per_class=args.n_per_class, sampler=args.sampler,
+                         steps=args.steps, guidance=args.guidance, seed=args.seed, seconds=summary["seconds"])
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"wrote {summary['n']} images to {args.out} in {summary['seconds']:.1f} s "
               f"({summary['images_per_second']:.2f} images/s)")
+    return 0
+
+
+def _add_quality(sub) -> None:
+    p = sub.add_parser(
+        "quality",
+        help="FD-Lite0 of a synthetic dataset against real images (and a real-trained CNN's accuracy on it)",
+        description="Image quality of a labelled synthetic folder (from 'generate --n-per-class') against real "
+        "images the generator was not trained on: the Frechet distance of ImageNet EfficientNet-Lite0 features "
+        "(FD-Lite0), overall and per class, with a real-vs-real reference and, optionally, how often a CNN trained "
+        "on real images recognises each synthetic image's class. --card writes the numbers into a model card.",
+    )
+    p.add_argument("--synthetic", required=True, help="folder with one sub-folder per class of synthetic images")
+    p.add_argument("--real", required=True, help="folder with one sub-folder per class of real held-out images")
+    p.add_argument("--reference", default=None,
+                   help="real training images: scores a perfect copy of the training data at the same N")
+    p.add_argument("--classifier", default=None, help="classifier checkpoint trained on real images")
+    p.add_argument("--domain", choices=sorted(DOMAINS), default=None,
+                   help="(default: from the synthetic folder's generation.json)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="compare at this resolution (default: the generator's, from generation.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference subset (default %(default)s)")
+    p.add_argument("--card", default=None,
+                   help="checkpoint folder: write quality.json there and the numbers into its README.md")
+    p.add_argument("--json", action="store_true", help="last line: the result as one JSON object")
+    p.set_defaults(func=_cmd_quality)
+
+
+def _cmd_quality(args) -> int:
+    from . import atomic
+    from .data import read_provenance
+    from .domains import get_domain
+    from .quality import measure_quality, quality_markdown, update_card
+
+    for name in ("synthetic", "real", "reference", "classifier", "card"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).is_dir():
+            raise MedsynthError(f"--{name} {value}: no such folder")
+    generation = read_provenance(args.synthetic)
+    key = args.domain or (generation or {}).get("diffusion_domain")
+    if not key:
+        raise MedsynthError(f"{args.synthetic} has no generation.json naming its domain: give --domain")
+    domain = get_domain(key)
+    size = args.size or (generation or {}).get("resolution") or domain.diffusion_size
+    result = measure_quality(args.synthetic, args.real, domain.classes, domain.channels, size,
+                             reference=args.reference, classifier=args.classifier, seed=args.seed)
+    result.update(domain=domain.key, synthetic=args.synthetic, real=args.real, reference=args.reference,
+                  generation=generation)
+    section = quality_markdown(result, args.synthetic, args.real, args.reference, generation)
+    if args.card:
+        atomic.write_json(Path(args.card) / "quality.json", result)
+        update_card(Path(args.card) / "README.md", section)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(section)
+    return 0
+
+
+def _add_card(sub) -> None:
+    p = sub.add_parser(
+        "card",
+        help="rewrite a checkpoint's model card (README.md) from its training records",
+        description="Rewrite the README.md model card of a classifier or diffusion checkpoint from the records its "
+        "training run wrote (args.json, train_summary.json, train_log.csv or loss.csv), e.g. after upgrading "
+        "medsynth. A section written by 'medsynth quality --card' is kept.",
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint folder(s)")
+    p.set_defaults(func=_cmd_card)
+
+
+def _cmd_card(args) -> int:
+    from .cards import rebuild_card
+
+    for folder in args.checkpoints:
+        if not Path(folder).is_dir():
+            raise MedsynthError(f"{folder}: no such checkpoint folder")
+        rebuild_card(folder)
+        print(f"rewrote {Path(folder) / 'README.md'}")
     return 0
 
 
@@ -460,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_split, _add_domains):
+                _add_split, _add_quality, _add_card, _add_domains):
         add(sub)
     return parser
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import atomic
 from .errors import MedsynthError
 from .io import IMAGE_SUFFIXES, is_dicom, load_image
 from .transforms import square_resize_uint8, to_float_chw
@@ -146,3 +147,50 @@ class ArrayDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[index]
+
+
+PROVENANCE = "generation.json"
+
+
+def write_provenance(out: str | Path, checkpoint: str | Path, pipe, **settings) -> dict:
+    """Record how a labelled synthetic dataset was made, as ``OUT/generation.json``.
+
+    ``train-classifier`` finds this file in its data folder, marks the model as trained on synthetic
+    images and copies the record (diffusion checkpoint, its training steps, sampler, steps, guidance,
+    seeds) onto the model card.
+    """
+    import json
+
+    ckpt = Path(checkpoint)
+    trained = None
+    summary = ckpt / "train_summary.json"
+    if summary.is_file():
+        try:
+            trained = json.loads(summary.read_text()).get("steps")
+        except (ValueError, OSError):
+            trained = None
+    record = {
+        "synthetic": True,
+        "diffusion_checkpoint": str(checkpoint),
+        "diffusion_domain": pipe.config.domain,
+        "diffusion_training_steps": trained,
+        "resolution": int(pipe.unet.config.sample_size),
+        "classes": list(pipe.classes),
+        **settings,
+    }
+    atomic.write_json(Path(out) / PROVENANCE, record)
+    return record
+
+
+def read_provenance(folder: str | Path) -> dict | None:
+    """The ``generation.json`` record of a synthetic dataset folder, or None for real data."""
+    import json
+
+    path = Path(folder) / PROVENANCE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as exc:
+        raise MedsynthError(f"{path} is not valid JSON ({exc}); delete it if the folder holds real images") from None
+    return record if isinstance(record, dict) else None

@@ -51,6 +51,8 @@ class Domain:
     #: The public dataset this domain's shipped models are trained on, and its licence as reported.
     dataset: str = ""
     dataset_license: str = "unknown"
+    #: Known caveats of that dataset (confounders, leakage, label noise); every model card lists them.
+    caveats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -89,6 +91,16 @@ DOMAINS: dict[str, Domain] = {
             description="Axial, coronal and sagittal MRI slices: three tumour types and no tumour.",
             dataset="Brain Tumor MRI Dataset (M. Nickparvar, Kaggle 2021; figshare, SARTAJ and Br35H)",
             dataset_license="CC0-1.0 as reported (not confirmed); component sets have their own terms",
+            caveats=(
+                "Class and source are confounded: all glioma and most meningioma and pituitary images are "
+                "512x512 figshare T1 contrast-enhanced slices, while notumor images come from Br35H/SARTAJ "
+                "with mixed sizes and sequences, so a model can separate classes partly by framing and size.",
+                "Several slices of one figshare patient can fall on both sides of any split (no patient IDs); "
+                "only near-identical images were removed, so validation accuracy is optimistic.",
+                "The dataset is reported to contain mislabels (SARTAJ part); labels were not audited.",
+                "The public copy was re-encoded as grayscale JPEG (quality ~95, then 92) and resized to a "
+                "longer side of at most 256 px.",
+            ),
         ),
         Domain(
             key="all_blood",
@@ -105,6 +117,13 @@ DOMAINS: dict[str, Domain] = {
             description="Peripheral blood smear images: hematogones (benign) and three B-ALL subtypes.",
             dataset="Acute Lymphoblastic Leukemia (ALL) image dataset (Aria et al., Kaggle 2021; Taleqani Hospital)",
             dataset_license="not confirmed",
+            caveats=(
+                "Split by image, not by patient (file names carry no patient IDs): cells and fields of one "
+                "patient can be on both sides, so validation accuracy is optimistic.",
+                "All images come from one laboratory (Taleqani Hospital, Tehran) with one staining and "
+                "microscope set-up; other labs' smears will look different.",
+                "The dataset's licence could not be confirmed.",
+            ),
         ),
         Domain(
             key="covid_ct",
@@ -119,6 +138,14 @@ DOMAINS: dict[str, Domain] = {
             description="Axial chest CT slices of patients with and without SARS-CoV-2 infection.",
             dataset="SARS-CoV-2 CT-scan dataset (Soares et al., medRxiv 2020; Sao Paulo, Brazil)",
             dataset_license="CC BY-NC-SA 4.0 as reported (not confirmed)",
+            caveats=(
+                "The public copy is incomplete and already down-sized: all 1,252 COVID slices but only 684 of "
+                "1,229 non-COVID slices, so classes are ~65/35 instead of ~50/50.",
+                "Every slice had been resized to 224x224 without keeping its aspect ratio (squashed).",
+                "Split by slice, not by patient (~120 patients, no IDs): adjacent slices of one patient can "
+                "be on both sides, so validation accuracy is optimistic.",
+                "If the reported CC BY-NC-SA 4.0 licence holds, derived models are non-commercial and share-alike.",
+            ),
         ),
     )
 }

@@ -83,3 +83,4 @@ def merge_label_files(out: str | Path, parts: Sequence[str | Path]) -> None:
         Path(part).unlink()
     rows.sort(key=lambda row: int(row.rsplit(",", 1)[1]))  # seed order, as a single process writes it
     atomic.write_text(Path(out) / "labels.csv", "file,class,seed\n" + "".join(r + "\n" for r in rows))
+

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import atomic
 from .cards import classifier_card
 from .classify import DEFAULT_ARCH, ClassifierConfig, create_classifier, default_normalization, save_checkpoint
-from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
+from .data import ArrayDataset, load_resized, read_provenance, scan_dataset, stratified_split
 from .domains import get_domain
 from .errors import MedsynthError
 from .hardware import describe, make_accelerator
@@ -263,6 +263,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
         "train_class_counts": dict(zip(domain.classes, counts.tolist())),
         "pretrained": pretrained_source,
         "val_metrics": best["metrics"],
+        "synthetic_training_data": read_provenance(recipe.data),
     }
     if main:
         card = classifier_card(config, recipe, summary, log_rows)

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic
+from .cards import base_run
 from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
 from .diffusion import PRESETS, ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
 from .domains import get_domain
@@ -165,6 +166,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
         base_unet = base.unet
         recipe.resolution = base_unet.config.sample_size  # fine-tuning keeps the base's resolution
     resolution = recipe.training_resolution
+    base = base_run(recipe.init_from)  # the run this one continues, for the card's totals
     resume_from = None
     if recipe.resume:
         resume_from = _latest_checkpoint(out)
@@ -273,7 +275,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
         atomic.write_text(out / "README.md", diffusion_card(domain, recipe, {
             "step": step, "seconds": time.time() - started, "hardware": hardware, "n_train": len(train_samples),
             "n_val": len(val_samples), "train_class_counts": dict(zip(domain.classes, counts.tolist())),
-            "parameters": sum(p.numel() for p in sample_unet.parameters()), "final": final,
+            "parameters": sum(p.numel() for p in sample_unet.parameters()), "final": final, "base": base,
         }, log_rows))
 
     bar = tqdm(total=recipe.max_steps, initial=step, desc="train-diffusion", unit="step", disable=not show)
@@ -335,7 +337,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     save_all(final=True)
     summary = {"out": str(out), "steps": step, "stop_reason": stop_reason, "seconds": time.time() - started,
                "hardware": hardware, "n_train": len(train_samples), "n_val": len(val_samples),
-               "final_loss": log_rows[-1]["loss"] if log_rows else None, "resolution": resolution}
+               "final_loss": log_rows[-1]["loss"] if log_rows else None, "resolution": resolution, "base": base}
     if main:
         atomic.write_json(out / "train_summary.json", summary)
     accelerator.end_training()

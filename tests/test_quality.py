@@ -1,0 +1,133 @@
+"""Synthetic-data provenance, the quality command (FD-Lite0, class recognisability) and card rebuilding."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth.cli import main
+from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+from medsynth.domains import get_domain
+from medsynth.train_classifier import ClassifierRecipe, train_classifier
+
+from conftest import TINY_ARCH, make_dataset
+
+CT = ["covid", "non_covid"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A saved tiny covid_ct pipeline, a labelled synthetic set from it, and real-looking folders."""
+    root = tmp_path_factory.mktemp("quality")
+    torch.manual_seed(0)
+    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
+    save_pipeline(ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
+                                           classes=CT), root / "diff")
+    assert main(["generate", "--checkpoint", str(root / "diff"), "--n-per-class", "4", "--steps", "2",
+                 "--guidance", "2", "--seed", "5", "--out", str(root / "syn"), "--json"]) == 0
+    make_dataset(root / "real", CT, n_per_class=5, size=24, channels=1, seed=1)
+    make_dataset(root / "train", CT, n_per_class=6, size=24, channels=1, seed=2)
+    return root
+
+
+def test_generate_records_provenance(synthetic):
+    record = json.loads((synthetic / "syn" / "generation.json").read_text())
+    assert record["synthetic"] is True and record["diffusion_domain"] == "covid_ct"
+    assert record["diffusion_checkpoint"] == str(synthetic / "diff")
+    assert (record["n_per_class"], record["sampler"], record["steps"], record["guidance"], record["seed"]) == \
+        (4, "dpmpp", 2, 2.0, 5)
+    assert record["resolution"] == 16 and record["classes"] == CT
+
+
+def test_synthetic_trained_classifier_card_says_so(synthetic, capsys):
+    out = synthetic / "clf_syn"
+    summary = train_classifier(ClassifierRecipe(
+        domain="covid_ct", data=str(synthetic / "syn"), val_data=str(synthetic / "real"), out=str(out),
+        arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
+    ))
+    assert summary["synthetic_training_data"]["diffusion_checkpoint"] == str(synthetic / "diff")
+    card = (out / "README.md").read_text()
+    assert "**Synthetic images only**" in card and "guidance scale 2.0" in card
+    for caveat in get_domain("covid_ct").caveats:  # the dataset's known caveats reach every card
+        assert caveat in card
+
+    real = train_classifier(ClassifierRecipe(
+        domain="covid_ct", data=str(synthetic / "train"), val_data=str(synthetic / "real"),
+        out=str(synthetic / "clf_real"), arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32,
+        device="cpu", progress=False,
+    ))
+    assert real["synthetic_training_data"] is None
+    assert "Synthetic images only" not in (synthetic / "clf_real" / "README.md").read_text()
+
+
+def test_quality_cli_measures_and_writes_the_card(synthetic, capsys):
+    if not (synthetic / "clf_real").is_dir():
+        pytest.skip("needs the classifier of the previous test")
+    card_dir = synthetic / "diff"
+    (card_dir / "README.md").write_text("---\nlicense: other\n---\n# card\n\n## Training\n\nx\n\n## Limitations\n\n- y\n")
+    args = ["quality", "--synthetic", str(synthetic / "syn"), "--real", str(synthetic / "real"),
+            "--reference", str(synthetic / "train"), "--classifier", str(synthetic / "clf_real"),
+            "--card", str(card_dir), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["domain"] == "covid_ct" and result["resolution"] == 16  # from generation.json
+    assert result["n_synthetic"] == {"covid": 4, "non_covid": 4} and result["n_real"] == {"covid": 5, "non_covid": 5}
+    assert result["fd"] > 0 and set(result["fd_per_class"]) == set(CT)
+    assert result["n_reference"] == 8 and result["fd_real_reference"] >= 0
+    assert 0.0 <= result["classifier_accuracy_on_synthetic"] <= 1.0
+    assert json.loads((card_dir / "quality.json").read_text())["fd"] == pytest.approx(result["fd"])
+    card = (card_dir / "README.md").read_text()
+    assert card.index("## Measured quality") < card.index("## Limitations")
+    assert "| all classes | 8 | 10 |" in card
+
+    assert main(args) == 0  # measuring again replaces the section instead of adding a second one
+    assert (card_dir / "README.md").read_text().count("## Measured quality") == 1
+
+
+def test_quality_cli_errors(synthetic, tmp_path, capsys):
+    bare = make_dataset(tmp_path / "bare", CT, n_per_class=2, size=16, channels=1)
+    assert main(["quality", "--synthetic", str(bare), "--real", str(synthetic / "real")]) == 2
+    assert "has no generation.json naming its domain: give --domain" in capsys.readouterr().err
+    assert main(["quality", "--synthetic", str(synthetic / "syn"), "--real", str(tmp_path / "nope")]) == 2
+    assert "--real " in (err := capsys.readouterr().err) and "no such folder" in err
+
+
+def test_frechet_distance_with_fewer_images_than_dimensions_is_quiet():
+    from medsynth.quality import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frechet_distance(a, a + 0.001) == pytest.approx(0.0, abs=1e-2)
+        assert frechet_distance(a, rng.normal(size=(10, 50))) > 1.0
+
+
+def test_card_rebuild_keeps_quality_and_reports_lineage(tmp_path, capsys):
+    from medsynth.train_diffusion import DiffusionRecipe, train_diffusion
+
+    data = make_dataset(tmp_path / "ct", CT, n_per_class=4, size=24, channels=1)
+    common = dict(domain="covid_ct", data=str(data), preset="tiny", resolution=16, batch_size=4, warmup_steps=1,
+                  log_every=1, sample_every=100, checkpoint_every=100, device="cpu", progress=False)
+    train_diffusion(DiffusionRecipe(out=str(tmp_path / "a"), max_steps=2, **common))
+    summary = train_diffusion(DiffusionRecipe(out=str(tmp_path / "b"), max_steps=3, init_from=str(tmp_path / "a"),
+                                              **{**common, "resolution": None}))
+    assert summary["base"]["steps"] == 2
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "continue (`--init-from`" in card and "in all 5 steps" in card
+    assert "metrics:\n- frechet_distance" in card
+
+    # A quality section survives a rebuild; the rebuilt card is the same otherwise.
+    marked = card.replace("## Limitations", "## Measured quality\n\n| x |\n\n## Limitations")
+    (tmp_path / "b" / "README.md").write_text(marked)
+    assert main(["card", str(tmp_path / "b")]) == 0
+    rebuilt = (tmp_path / "b" / "README.md").read_text()
+    assert "## Measured quality\n\n| x |" in rebuilt and "in all 5 steps" in rebuilt
+    assert rebuilt.count("## Measured quality") == 1
+
+    assert main(["card", str(data)]) == 2
+    assert "cannot rebuild its card without args.json" in capsys.readouterr().err
