@@ -1,6 +1,7 @@
 """Sampler speed next to sample quality, for one trained diffusion checkpoint, in one run.
 
-For each configuration (ddpm 1000 steps — the diffusers default —, ddim 50, dpmpp 20, dpmpp 10):
+For each configuration (ddpm 1000 steps — the diffusers default —, ddim 50, dpmpp 20, dpmpp 10,
+dpmpp_sde 25):
 seconds per image, images per second, and FD-Lite0 (Fréchet distance of ImageNet
 EfficientNet-Lite0 features) of its samples against real images the model was not trained on
 (the checkpoint's split.json "val" list). All configurations use the same UNet, the same class
@@ -32,7 +33,7 @@ from medsynth.io import load_image
 from medsynth.quality import FEATURE_NAME, Lite0Features, frechet_distance
 from medsynth.transforms import square_resize_uint8
 
-CONFIGS = [("ddpm", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10)]
+CONFIGS = [("ddpm", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10), ("dpmpp_sde", 25)]
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
 
 
 def create_unet(preset: str, num_classes: int, channels: int, **overrides) -> torch.nn.Module:
@@ -92,13 +92,17 @@ def sampler_scheduler(name: str, config):
         return DDPMScheduler.from_config(config, **common, variance_type="fixed_small")
     if name == "ddim":
         return DDIMScheduler.from_config(config, **common, clip_sample=True, set_alpha_to_one=False)
-    if name == "dpmpp":
+    if name in ("dpmpp", "dpmpp_sde"):
+        # dpmpp: the deterministic DPM-Solver++ 2M (an ODE solver); dpmpp_sde: its stochastic SDE variant
+        # (Lu et al. 2022), which adds fresh noise at every step like DDPM's ancestral sampler and,
+        # like it, corrects more of an imperfect network's errors, at the same cost per step.
         # On the cosine schedule a_T is ~0, and DPM-Solver++'s data prediction x0 = (x - s eps) / sqrt(a)
         # explodes at the first steps: dynamic thresholding (Saharia et al. 2022; diffusers' advice for
         # pixel-space models) clips x0, and lambda_min_clipped skips the steps where log-SNR < -5.1.
         # Without both, samples saturate to salt-and-pepper noise.
         return DPMSolverMultistepScheduler.from_config(
-            config, **common, algorithm_type="dpmsolver++", solver_order=2, thresholding=True,
+            config, **common, algorithm_type="dpmsolver++" if name == "dpmpp" else "sde-dpmsolver++",
+            solver_order=2, thresholding=True,
             dynamic_thresholding_ratio=0.995, sample_max_value=1.0, lambda_min_clipped=-5.1,
             lower_order_final=True, final_sigmas_type="zero",
         )

@@ -65,6 +65,7 @@ RECORDED = {
     "ddpm": (0.28249, [0.0, 0.5710, 0.3303, 0.0, 0.1928, 0.0, 0.9593, 0.0, 0.4423]),
     "ddim": (0.32185, [0.0023, 0.0022, 0.0017, 0.1132, 0.0020, 0.1278, 0.9305, 0.2481, 0.0024]),
     "dpmpp": (0.29779, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+    "dpmpp_sde": (0.27990, [0.0, 0.5849, 0.3556, 0.0, 0.1811, 0.0, 0.9673, 0.0, 0.4402]),
 }
 
 
@@ -287,7 +288,7 @@ class OracleUNet(torch.nn.Module):
         return SimpleNamespace(sample=eps)
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10)])
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 50), ("ddim", 20), ("dpmpp", 20), ("dpmpp", 10), ("dpmpp_sde", 20)])
 def test_samplers_recover_the_clean_image_from_an_oracle(sampler, steps):
     x0 = 0.2  # in [-1, 1]: grey level 0.6
     pipe = ClassConditionalPipeline(unet=OracleUNet(x0), scheduler=make_noise_scheduler(), domain="covid_ct", classes=CT)
