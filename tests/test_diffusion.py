@@ -314,7 +314,7 @@ def test_generate_two_processes_under_torchrun(tmp_path, pipe):
     assert len(lines) == 1 and json.loads(lines[0])["n"] == 6
     rows = list(csv.DictReader(open(tmp_path / "ds" / "labels.csv")))
     assert [int(r["seed"]) for r in rows] == list(range(6))  # both shards, merged in seed order
-    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["covid", "labels.csv", "non_covid"]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["covid", "generation.json", "labels.csv", "non_covid"]
 
 
 def test_fine_tune_from_a_diffusion_checkpoint(tmp_path, pipe, ct_data):
