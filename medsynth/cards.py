@@ -243,17 +243,16 @@ def _read_csv(path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
-def _keep_quality_section(old: str, new: str) -> str:
-    """Carry a measured-quality section (written by ``medsynth quality --card``) into a rebuilt card."""
+def _keep_measured_sections(old: str, new: str) -> str:
+    """Carry the sections written after training (``quality --card``, ``evaluate --card``) into a rebuilt card."""
     from .quality import CARD_SECTION
 
-    start = old.find(CARD_SECTION)
-    if start < 0:
-        return new
-    end = old.find("\n## ", start + len(CARD_SECTION))
-    section = old[start : end + 1 if end >= 0 else len(old)].rstrip("\n") + "\n\n"
-    anchor = new.find("## Limitations")
-    return new[:anchor] + section + new[anchor:] if anchor >= 0 else new.rstrip("\n") + "\n\n" + section
+    for line in old.splitlines():
+        if line == CARD_SECTION or line.startswith("## Evaluation: "):
+            start = old.index(line + "\n")
+            end = old.find("\n## ", start + len(line))
+            new = replace_section(new, line, old[start : end + 1 if end >= 0 else len(old)])
+    return new
 
 
 def base_run(init_from: str | None) -> dict | None:
@@ -276,7 +275,7 @@ def rebuild_card(folder) -> str:
     """Rewrite a checkpoint's README.md from its run records (args.json, train_summary.json, logs).
 
     For a card written by an older medsynth, or after the domain registry changed (caveats, licence).
-    A measured-quality section already in the card is kept. Returns the new card.
+    Sections written by ``quality --card`` and ``evaluate --card`` are kept. Returns the new card.
     """
     import json
     from pathlib import Path
@@ -325,6 +324,39 @@ def rebuild_card(folder) -> str:
         card = classifier_card(config, recipe, summary, _read_csv(folder / "train_log.csv"))
     else:
         raise MedsynthError(f"{folder} is neither a medsynth classifier nor a diffusion checkpoint")
-    card = _keep_quality_section(old, card)
+    card = _keep_measured_sections(old, card)
     atomic.write_text(folder / "README.md", card)
     return card
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """Put ``section`` (which starts with the level-2 ``heading``) in place of an existing section with
+    that heading, or else before "## Limitations" (or at the end)."""
+    start = text.find(heading + "\n")
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + (text[end + 1 :] if end >= 0 else "")
+    section = section.rstrip("\n") + "\n\n"
+    anchor = text.find("## Limitations")
+    return text[:anchor] + section + text[anchor:] if anchor >= 0 else text.rstrip("\n") + "\n\n" + section
+
+
+def add_evaluation(checkpoint, data, result: dict) -> None:
+    """Record an ``evaluate`` result on a classifier's card and in ``evaluation.json`` (one entry per folder)."""
+    import json
+    from pathlib import Path
+
+    from . import atomic
+
+    folder = Path(checkpoint)
+    store = folder / "evaluation.json"
+    records = json.loads(store.read_text()) if store.is_file() else {}
+    records[str(data)] = result
+    atomic.write_json(store, records)
+    heading = f"## Evaluation: `{data}`"
+    section = (f"{heading}\n\n`python -m medsynth evaluate --checkpoint CHECKPOINT --data {data}`: accuracy "
+               f"**{result['accuracy']:.4f}**, macro-F1 **{result['macro_f1']:.4f}** on {result['n']} images.\n\n"
+               f"{_metrics_table(result)}\n\nConfusion matrix (rows: true class):\n\n{_confusion_table(result)}\n")
+    card = folder / "README.md"
+    text = card.read_text() if card.is_file() else ""
+    atomic.write_text(card, replace_section(text, heading, section))

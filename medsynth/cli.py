@@ -133,6 +133,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="images per forward pass; 16 is fastest on small CPUs, raise it on a GPU (default %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.add_argument("--card", action="store_true",
+                   help="also write the result into the checkpoint's model card (an 'Evaluation' section per "
+                   "data folder) and evaluation.json")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -141,6 +144,10 @@ def _cmd_evaluate(args) -> int:
     from .metrics import plot_confusion_matrix
 
     result = evaluate_folder(args.checkpoint, args.data, args.batch_size, args.device, progress=not args.json)
+    if args.card:
+        from .cards import add_evaluation
+
+        add_evaluation(args.checkpoint, args.data, result)
     if args.plot:
         plot_confusion_matrix(result["confusion_matrix"], result["classes"], args.plot,
                               f"{result['domain']}: accuracy {result['accuracy']:.3f}, n={result['n']}")

@@ -201,14 +201,9 @@ def update_card(card_path, section: str) -> str:
     from pathlib import Path
 
     from . import atomic
+    from .cards import replace_section
 
     path = Path(card_path)
-    text = path.read_text() if path.is_file() else ""
-    start = text.find(CARD_SECTION)
-    if start >= 0:  # replace the old section up to the next level-2 heading
-        end = text.find("\n## ", start + len(CARD_SECTION))
-        text = text[:start] + (text[end + 1 :] if end >= 0 else "")
-    anchor = text.find("## Limitations")
-    text = (text[:anchor] + section + "\n" + text[anchor:]) if anchor >= 0 else (text.rstrip("\n") + "\n\n" + section)
+    text = replace_section(path.read_text() if path.is_file() else "", CARD_SECTION, section)
     atomic.write_text(path, text)
     return text

@@ -131,3 +131,24 @@ def test_card_rebuild_keeps_quality_and_reports_lineage(tmp_path, capsys):
 
     assert main(["card", str(data)]) == 2
     assert "cannot rebuild its card without args.json" in capsys.readouterr().err
+
+
+def test_evaluate_card_records_each_data_folder(trained_tiny, tmp_path, capsys):
+    import shutil
+
+    from medsynth.cli import main as cli
+
+    checkpoint, data = trained_tiny
+    ckpt = tmp_path / "clf"
+    shutil.copytree(checkpoint, ckpt)
+    assert cli(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--card", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    card = (ckpt / "README.md").read_text()
+    heading = f"## Evaluation: `{data}`"
+    assert heading in card and card.index(heading) < card.index("## Limitations")
+    assert f"accuracy **{result['accuracy']:.4f}**" in card
+    assert json.loads((ckpt / "evaluation.json").read_text())[str(data)]["n"] == result["n"]
+
+    assert cli(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--card"]) == 0  # replaced, not added
+    assert cli(["card", str(ckpt)]) == 0  # a rebuilt card keeps it
+    assert (ckpt / "README.md").read_text().count(heading) == 1
