@@ -173,7 +173,10 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         parts = []
         for folder in ("diffusion", "classifier", "classifier_synthetic"):
             card = store.card(domain, folder)
-            parts.append(f"## {folder}\n\n" + (card.split("---", 2)[-1] if card else "_not installed_"))
+            body = card.split("---", 2)[-1] if card else "_not installed_"
+            # Relative image links (the sample grid) cannot resolve inside the app: the Generate tab shows samples.
+            body = "\n".join(line for line in body.splitlines() if not line.startswith("!["))
+            parts.append(f"## {folder}\n\n" + body)
         return "\n\n".join(parts)
 
     def base_choices(kind, domain):

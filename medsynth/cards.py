@@ -217,7 +217,7 @@ images = pipe(["{domain.classes[0]}"] * 4, num_inference_steps=20, sampler="dpmp
 
 {info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_lineage(info.get('base'), info)}
 Loss (Min-SNR-weighted MSE, mean of 5 log points): {first} at the start, {last} at the end; every
-point is in `loss.csv`. Sample grids (rows: classes in order; DPM-Solver++ 20 steps, fixed seeds) are
+point is in `loss.csv`. Sample grids (rows: classes in order; `dpmpp_sde` 25 steps, no guidance, fixed seeds) are
 in `samples/`, the latest in `sample_grid.png`.
 
 ![samples](sample_grid.png)

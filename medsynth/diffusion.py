@@ -264,7 +264,10 @@ def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.
                                  classes=pipe.classes).save_pretrained(staging, safe_serialization=True)
         # model_index.json goes last: a folder that has it is a complete checkpoint (readers rely on that).
         files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == "model_index.json", str(p)))
+        umask = os.umask(0)
+        os.umask(umask)
         for file in files:
+            os.chmod(file, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is as readable as any file
             target = out / file.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, target)

@@ -120,11 +120,12 @@ def _flips(domain) -> torch.nn.Module:
     return torch.nn.Sequential(*steps)
 
 
-def sample_grid(pipe: ClassConditionalPipeline, per_class: int = 4, seed: int = 0, steps: int = 20) -> np.ndarray:
-    """One row per class, ``per_class`` columns, fixed seeds: uint8 (rows*S, cols*S, C) with 2-px gaps."""
+def sample_grid(pipe: ClassConditionalPipeline, per_class: int = 4, seed: int = 0, steps: int = 25) -> np.ndarray:
+    """One row per class, ``per_class`` columns, fixed seeds, SDE-DPM-Solver++ without guidance:
+    uint8 (rows*S, cols*S, C) with 2-px gaps."""
     labels = [c for c in range(len(pipe.classes)) for _ in range(per_class)]
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]
-    images = pipe(labels, num_inference_steps=steps, generator=generators, sampler="dpmpp")
+    images = pipe(labels, num_inference_steps=steps, generator=generators, sampler="dpmpp_sde")
     n, s, _, c = images.shape
     rows, gap = len(pipe.classes), 2
     grid = np.full((rows * (s + gap) - gap, per_class * (s + gap) - gap, c), 255, dtype=np.uint8)

@@ -117,7 +117,8 @@ def test_save_load_round_trip(pipe, tmp_path, dtype):
     assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler"}
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
     assert index["classes"] == CT and index["domain"] == "covid_ct"
-    assert list((tmp_path / "p" / "unet").glob("*.safetensors"))
+    weights = list((tmp_path / "p" / "unet").glob("*.safetensors"))
+    assert weights and weights[0].stat().st_mode & 0o044  # readable by others (safetensors itself writes 0600)
     loaded = load_pipeline(tmp_path / "p")
     assert loaded.classes == CT and loaded.unet.dtype == torch.float32
     for sampler in SAMPLERS:
