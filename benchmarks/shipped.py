@@ -64,7 +64,8 @@ def main() -> None:
         if "fd_real_reference" in quality:
             line += f"; real-vs-real reference {quality['fd_real_reference']:.1f}"
         if "classifier_accuracy_on_synthetic" in quality:
-            line += f"; the real-trained CNN recognises {quality['classifier_accuracy_on_synthetic']:.1%} of the samples"
+            line += (f"; `{quality['classifier']}` (trained on real images) recognises "
+                     f"{quality['classifier_accuracy_on_synthetic']:.1%} of the samples")
         print(line + ".")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
