@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import MedsynthError
+
 FEATURE_NAME = "FD-Lite0 (Fréchet distance of ImageNet EfficientNet-Lite0 pooled features, 224 px)"
 
 
@@ -105,8 +107,6 @@ def measure_quality(
     syn = _class_images(synthetic, classes, channels, size, None, seed)
     ref = _class_images(real, classes, channels, size, None, seed)
     if not syn or not ref:
-        from .errors import MedsynthError
-
         raise MedsynthError(f"need images of at least one class in both {synthetic} and {real}")
     features = Lite0Features()
     syn_f = {c: features(list(v)) for c, v in syn.items()}
@@ -137,8 +137,6 @@ def measure_quality(
 
         clf = load_classifier(classifier)
         if list(clf.classes) != list(classes):
-            from .errors import MedsynthError
-
             raise MedsynthError(f"classifier {classifier} has classes {clf.classes}, the images have {list(classes)}")
         names = list(syn)
         truth = np.concatenate([[classes.index(c)] * len(syn[c]) for c in names])
