@@ -125,6 +125,15 @@ Confusion matrix (rows: true class):
     return "\n".join(header) + "\n" + body
 
 
+def _resumes(steps: Sequence[int] | None, recipe: Any) -> str:
+    """Where an interrupted run was continued with ``--resume``; the recipe table shows the last invocation."""
+    if not steps:
+        return ""
+    at = ", ".join(str(s) for s in steps)
+    return (f" The run was interrupted and continued with `--resume` at step(s) {at}; the recipe below is the last"
+            f" invocation's (its `max_steps` {recipe.max_steps} set the cosine schedule from then on).")
+
+
 def _lineage(base: dict | None, info: dict) -> str:
     """How a fine-tuned run continues another: its base checkpoint and the totals over the whole chain."""
     if not base:
@@ -215,7 +224,7 @@ images = pipe(["{domain.classes[0]}"] * 4, num_inference_steps=20, sampler="dpmp
 
 ## Training
 
-{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_lineage(info.get('base'), info)}
+{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_lineage(info.get('base'), info)}{_resumes(info.get('resumed_at_steps'), recipe)}
 Loss (Min-SNR-weighted MSE, mean of 5 log points): {first} at the start, {last} at the end; every
 point is in `loss.csv`. Sample grids (rows: classes in order; `dpmpp_sde` 25 steps, no guidance, fixed seeds) are
 in `samples/`, the latest in `sample_grid.png`.
@@ -294,6 +303,7 @@ def rebuild_card(folder) -> str:
     if (folder / "model_index.json").is_file():
         from .train_diffusion import DiffusionRecipe
 
+        resumed_at = args.pop("resumed_at_steps", None)
         recipe = DiffusionRecipe(**args)
         domain = get_domain(recipe.domain)
         split = json.loads((folder / "split.json").read_text())
@@ -309,7 +319,8 @@ def rebuild_card(folder) -> str:
                     params += int(np.prod(f.get_slice(key).get_shape()))
         info = {"step": summary["steps"], "seconds": summary["seconds"], "hardware": summary["hardware"],
                 "n_train": summary["n_train"], "n_val": summary["n_val"], "train_class_counts": counts,
-                "parameters": params, "final": True, "base": summary.get("base") or base_run(recipe.init_from)}
+                "parameters": params, "final": True, "base": summary.get("base") or base_run(recipe.init_from),
+                "resumed_at_steps": resumed_at}
         card = diffusion_card(domain, recipe, info, _read_csv(folder / "loss.csv"))
     elif (folder / "config.json").is_file():
         from .classify import ClassifierConfig

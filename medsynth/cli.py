@@ -316,7 +316,7 @@ def _add_train_diffusion(sub) -> None:
     g.add_argument("--warmup-steps", type=int, default=R.warmup_steps, help="(default %(default)s)")
     g.add_argument("--max-steps", type=_positive_int, default=R.max_steps,
                    help="total optimisation steps; the cosine schedule ends here (default %(default)s)")
-    g.add_argument("--max-minutes", type=float, default=None, help="stop cleanly and save after this wall time")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop cleanly and save once the run's wall time passes this; it counts across --resume, so raise it when resuming a run that stopped on it")
     g.add_argument("--snr-gamma", type=float, default=R.snr_gamma, help="Min-SNR-gamma; 0 = plain MSE (default %(default)s)")
     g.add_argument("--class-dropout", type=float, default=R.class_dropout,
                    help="fraction of labels replaced by 'no class' for guidance (default %(default)s)")

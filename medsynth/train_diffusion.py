@@ -236,8 +236,14 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     hardware = describe(accelerator.device, accelerator.num_processes)
 
     out.mkdir(parents=True, exist_ok=True)
+    resumed_at = []
+    if resume_from is not None:  # the steps at which earlier invocations of this run were resumed
+        resumed_at = json.loads((out / "args.json").read_text()).get("resumed_at_steps", []) + [step]
+    if main:
+        # args.json is the latest invocation (a resume may change --max-steps or --max-minutes), so the
+        # shipped recipe and a rebuilt card say what actually ran; resumed_at_steps keeps the history.
+        atomic.write_json(out / "args.json", {**asdict(recipe), **({"resumed_at_steps": resumed_at} if resumed_at else {})})
     if main and resume_from is None:
-        atomic.write_json(out / "args.json", asdict(recipe))
         atomic.write_json(out / "split.json", {"train": [str(s.path) for s in train_samples],
                                                "val": [str(s.path) for s in val_samples]})
 
@@ -277,6 +283,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
             "step": step, "seconds": time.time() - started, "hardware": hardware, "n_train": len(train_samples),
             "n_val": len(val_samples), "train_class_counts": dict(zip(domain.classes, counts.tolist())),
             "parameters": sum(p.numel() for p in sample_unet.parameters()), "final": final, "base": base,
+            "resumed_at_steps": resumed_at,
         }, log_rows))
 
     bar = tqdm(total=recipe.max_steps, initial=step, desc="train-diffusion", unit="step", disable=not show)
@@ -338,7 +345,8 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     save_all(final=True)
     summary = {"out": str(out), "steps": step, "stop_reason": stop_reason, "seconds": time.time() - started,
                "hardware": hardware, "n_train": len(train_samples), "n_val": len(val_samples),
-               "final_loss": log_rows[-1]["loss"] if log_rows else None, "resolution": resolution, "base": base}
+               "final_loss": log_rows[-1]["loss"] if log_rows else None, "resolution": resolution, "base": base,
+               "resumed_at_steps": resumed_at}
     if main:
         atomic.write_json(out / "train_summary.json", summary)
     accelerator.end_training()

@@ -13,6 +13,7 @@ from medsynth.cli import main
 from medsynth.diffusion import (
     PRESETS, SAMPLERS, ClassConditionalPipeline, create_unet, load_pipeline, make_noise_scheduler, save_pipeline,
 )
+from medsynth.cards import rebuild_card
 from medsynth.errors import MedsynthError
 from medsynth.train_diffusion import DiffusionRecipe, min_snr_weights, train_diffusion
 
@@ -177,6 +178,12 @@ def test_training_max_steps_and_resume(tmp_path, ct_data):
         train_diffusion(_recipe(tmp_path, ct_data, max_steps=5, resume=True, resolution=32))
     summary = train_diffusion(_recipe(tmp_path, ct_data, max_steps=5, resume=True))
     assert summary["steps"] == 5  # continued from 3, not restarted
+    assert summary["resumed_at_steps"] == [3]
+    # args.json is what the last invocation ran, so a shipped recipe and a rebuilt card tell the truth
+    args = json.loads((run / "args.json").read_text())
+    assert args["max_steps"] == 5 and args["resume"] is True and args["resumed_at_steps"] == [3]
+    assert "continued with `--resume` at step(s) 3" in (run / "README.md").read_text()
+    assert "continued with `--resume` at step(s) 3" in rebuild_card(run)
     assert [int(r["step"]) for r in csv.DictReader(open(run / "loss.csv"))] == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000004", "step_0000005"]
 
