@@ -24,6 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -111,6 +112,18 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
+def class_means(images: np.ndarray, labels: Sequence[int], num_classes: int) -> list[list[float]]:
+    """Per class, the mean of each channel over uint8 (N, H, W, C) training images, in [-1, 1]
+    (what sampling starts from, see ``diffusion.START_LOG_SNR``). A class without images gets 0."""
+    labels = np.asarray(labels)
+    out = []
+    for k in range(num_classes):
+        chosen = images[labels == k]
+        mean = chosen.reshape(-1, images.shape[-1]).mean(0, dtype=np.float64) if len(chosen) else np.full(images.shape[-1], 127.5)
+        out.append([float(v) / 127.5 - 1 for v in mean])
+    return out
+
+
 def _flips(domain) -> torch.nn.Module:
     from torchvision.transforms import v2
 
@@ -193,6 +206,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     train_samples, val_samples = stratified_split(samples, recipe.val_fraction, recipe.seed)
     images = load_resized(train_samples, domain.channels, resolution, show, "loading training images")
     counts = np.bincount([s.label for s in train_samples], minlength=domain.num_classes)
+    means = class_means(images, [s.label for s in train_samples], domain.num_classes)
     flips = _flips(domain)
     dataset = ArrayDataset(images, [s.label for s in train_samples], torch.nn.Sequential(flips, ToSymmetric()))
     loader = torch.utils.data.DataLoader(
@@ -250,7 +264,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     def ema_pipeline() -> ClassConditionalPipeline:
         ema.copy_to(sample_unet.parameters())
         return ClassConditionalPipeline(unet=sample_unet, scheduler=noise_scheduler, domain=domain.key,
-                                        classes=list(domain.classes))
+                                        classes=list(domain.classes), class_means=means)
 
     def save_all(final: bool = False) -> None:
         """Training state for --resume, then the EMA pipeline, the grid and the card."""
