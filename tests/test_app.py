@@ -78,7 +78,8 @@ def test_plan_and_generate(store, tmp_path):
     with pytest.raises(MedsynthError, match="seed must be between 0 and"):
         service.plan_jobs(["a"], "a", 1, 2**64)
     steps = []
-    items = service.generate(store, "covid_ct", "all classes", 2, "ddim", 2, 1.0, 5,
+    # 3 ddim steps on the full schedule are t = 999, 666, 333; 999 lies below START_LOG_SNR, so 2 run
+    items = service.generate(store, "covid_ct", "all classes", 2, "ddim", 3, 1.0, 5,
                              on_step=lambda i, n, p: steps.append((i, n, p.shape, p.dtype)))
     assert [it.caption for it in items] == ["covid · seed 5", "non_covid · seed 6"]
     assert steps == [(0, 2, (16, 16, 1), np.uint8), (1, 2, (16, 16, 1), np.uint8)]
@@ -136,8 +137,8 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
                                                         api_name="/generate")
     assert len(gallery) == 2 and gallery[0]["caption"] == "covid · seed 3" and Path(zip_file).suffix == ".zip"
     assert "2 image(s)" in status and Path(preview).exists()
-    # the denoising streams: one preview per step (2 steps), then the final result
-    job = client.submit("covid_ct", "covid", 1, "ddim", 2, 1.0, 0, api_name="/generate")
+    # the denoising streams: one preview per step (3 ddim steps, of which 2 run), then the final result
+    job = client.submit("covid_ct", "covid", 1, "ddim", 3, 1.0, 0, api_name="/generate")
     job.result()
     outputs = job.outputs()
     assert [o[3] for o in outputs[:-1]][-1] == "step 2/2" and "1 image(s)" in outputs[-1][3]
