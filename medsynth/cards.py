@@ -224,7 +224,7 @@ images = pipe(["{domain.classes[0]}"] * 4, num_inference_steps=20, sampler="dpmp
 
 ## Training
 
-{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_lineage(info.get('base'), info)}{_resumes(info.get('resumed_at_steps'), recipe)}
+{info['step']} steps (batch {recipe.batch_size}), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_lineage(info.get('base'), info)}{_resumes(info.get('resumed_at_steps'), recipe)}{f" Stopped: {info['stop_reason']}." if info.get('stop_reason') else ''}
 Loss (Min-SNR-weighted MSE, mean of 5 log points): {first} at the start, {last} at the end; every
 point is in `loss.csv`. Sample grids (rows: classes in order; `dpmpp_sde` 25 steps, no guidance, fixed seeds) are
 in `samples/`, the latest in `sample_grid.png`.
@@ -320,7 +320,7 @@ def rebuild_card(folder) -> str:
         info = {"step": summary["steps"], "seconds": summary["seconds"], "hardware": summary["hardware"],
                 "n_train": summary["n_train"], "n_val": summary["n_val"], "train_class_counts": counts,
                 "parameters": params, "final": True, "base": summary.get("base") or base_run(recipe.init_from),
-                "resumed_at_steps": resumed_at}
+                "resumed_at_steps": resumed_at, "stop_reason": summary.get("stop_reason")}
         card = diffusion_card(domain, recipe, info, _read_csv(folder / "loss.csv"))
     elif (folder / "config.json").is_file():
         from .classify import ClassifierConfig
