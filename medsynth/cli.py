@@ -502,6 +502,33 @@ def _cmd_quality(args) -> int:
     return 0
 
 
+def _add_class_means(sub) -> None:
+    p = sub.add_parser(
+        "class-means",
+        help="record class_means in a diffusion checkpoint trained before medsynth wrote them",
+        description="Sampling starts from each class's mean colour, which train-diffusion records in "
+        "model_index.json. A checkpoint trained before that samples from mid-grey, with wrong colours; this "
+        "computes the means from the images it trained on (those its split.json lists, if it has one) and "
+        "writes them into model_index.json.",
+    )
+    p.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder")
+    p.add_argument("--data", required=True, help="the labelled <class>/<images> folder the model trained on")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_cmd_class_means)
+
+
+def _cmd_class_means(args) -> int:
+    from .train_diffusion import add_class_means
+
+    result = add_class_means(args.checkpoint, args.data, show=not args.json and _is_main_process())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        means = "; ".join(f"{k} {', '.join(f'{v:+.3f}' for v in m)}" for k, m in result["class_means"].items())
+        print(f"wrote class_means of {result['images']} training images to {Path(args.checkpoint) / 'model_index.json'}: {means}")
+    return 0
+
+
 def _add_card(sub) -> None:
     p = sub.add_parser(
         "card",
@@ -554,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_split, _add_quality, _add_card, _add_domains):
+                _add_split, _add_quality, _add_class_means, _add_card, _add_domains):
         add(sub)
     return parser
 

@@ -273,6 +273,12 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Class
     except (OSError, ValueError) as exc:
         raise MedsynthError(f"{path}: diffusion checkpoint cannot be loaded ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
+    if not pipe.config.get("class_means"):
+        import warnings
+
+        warnings.warn(f"{path} has no class_means (trained before medsynth recorded them), so sampling starts from "
+                      f"mid-grey and colours come out wrong; add them with 'medsynth class-means --checkpoint {path} "
+                      "--data TRAINING_FOLDER'", stacklevel=2)
     return pipe.to(device)
 
 

@@ -124,6 +124,42 @@ def class_means(images: np.ndarray, labels: Sequence[int], num_classes: int) -> 
     return out
 
 
+def add_class_means(checkpoint: str | Path, data: str | Path, show: bool = False) -> dict:
+    """Record ``class_means`` in a diffusion checkpoint trained before train-diffusion wrote them.
+
+    ``data`` is the labelled folder the model trained on. When the checkpoint has ``split.json``,
+    only its training images count, matched by class folder and file name, so a dataset that has
+    moved since still works. Rewrites ``model_index.json`` atomically; returns a summary.
+    """
+    checkpoint = Path(checkpoint)
+    index_file, unet_file = checkpoint / "model_index.json", checkpoint / "unet" / "config.json"
+    if not (index_file.is_file() and unet_file.is_file()):
+        raise MedsynthError(f"{checkpoint} is not a diffusion checkpoint (no model_index.json and unet/config.json); "
+                            "expected the folder written by train-diffusion")
+    index, unet_config = json.loads(index_file.read_text()), json.loads(unet_file.read_text())
+    classes = list(index.get("classes") or [])
+    if not classes:
+        raise MedsynthError(f"{index_file} names no classes; it was not written by medsynth train-diffusion")
+    samples = scan_dataset(data, classes, require_all=True)
+    split_file = checkpoint / "split.json"
+    used_split = split_file.is_file()
+    if used_split:
+        trained = {(Path(p).parent.name, Path(p).name) for p in json.loads(split_file.read_text())["train"]}
+        samples = [s for s in samples if (classes[s.label], s.path.name) in trained]
+        missing = sorted({classes[k] for k in range(len(classes))} - {classes[s.label] for s in samples})
+        if missing:
+            raise MedsynthError(
+                f"{data}: none of the training images that {split_file} lists for class {missing[0]!r} are there; "
+                "pass the folder this model was trained on"
+            )
+    images = load_resized(samples, unet_config["in_channels"], unet_config["sample_size"], show, "reading training images")
+    means = class_means(images, [s.label for s in samples], len(classes))
+    index["class_means"] = means
+    atomic.write_json(index_file, index)
+    return {"checkpoint": str(checkpoint), "images": len(samples), "from_split": used_split,
+            "class_means": dict(zip(classes, means))}
+
+
 def _flips(domain) -> torch.nn.Module:
     from torchvision.transforms import v2
 

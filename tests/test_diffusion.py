@@ -381,4 +381,37 @@ def test_training_records_class_means(tmp_path, ct_data):
     assert class_means(images, [0, 0, 1, 1], 3) == [[-1.0], [1.0], [0.0]]
     train_diffusion(_recipe(tmp_path, ct_data, max_steps=1))
     pipe = load_pipeline(tmp_path / "run")
-    assert len(pipe.config.class_means) == 2 and all(-1 <= m[0] <= 1 for m in pipe.config.class_means)
+    recorded = pipe.config.class_means
+    assert len(recorded) == 2 and all(-1 <= m[0] <= 1 for m in recorded)
+
+
+def test_class_means_command_restores_what_training_records(tmp_path, ct_data, capsys):
+    """An older checkpoint without class_means warns on loading; 'class-means' computes them from the
+    training images its split.json lists, the same numbers train-diffusion records."""
+    train_diffusion(_recipe(tmp_path, ct_data, max_steps=1))
+    run = tmp_path / "run"
+    index = json.loads((run / "model_index.json").read_text())
+    recorded = index.pop("class_means")
+    (run / "model_index.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning, match="no class_means.*medsynth class-means --checkpoint"):
+        assert load_pipeline(run).config.get("class_means") is None
+    # a folder without the images the split lists for a class is refused, and nothing is written
+    other = make_dataset(tmp_path / "other", CT, n_per_class=2, size=24, channels=1, seed=5)
+    for f in (other / "covid").iterdir():
+        f.rename(f.with_name("x" + f.name))
+    assert main(["class-means", "--checkpoint", str(run), "--data", str(other)]) == 2
+    assert "none of the training images that" in capsys.readouterr().err
+    assert "class_means" not in json.loads((run / "model_index.json").read_text())
+    assert main(["class-means", "--checkpoint", str(tmp_path), "--data", str(ct_data)]) == 2
+    assert "is not a diffusion checkpoint" in capsys.readouterr().err
+
+    assert main(["class-means", "--checkpoint", str(run), "--data", str(ct_data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    split = json.loads((run / "split.json").read_text())
+    assert result["from_split"] and result["images"] == len(split["train"])
+    assert list(result["class_means"].values()) == recorded
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_pipeline(run).config.class_means == recorded
