@@ -158,17 +158,25 @@ def _caveats(domain: Any) -> str:
 
 
 def _synthetic_note(record: dict | None) -> str:
+    """``generation.json`` on a classifier card. A folder merged from several ``generate`` runs lists
+    each run's record under ``parts``; its top level then names the common checkpoint."""
     if not record:
         return ""
-    guidance = record.get("guidance")
+
+    def how(part: dict) -> str:
+        return (f"{part.get('n_per_class')} per class, sampler `{part.get('sampler')}` with {part.get('steps')} "
+                f"steps, guidance scale {part.get('guidance')}, seeds from {part.get('seed')}")
+
+    parts = record.get("parts") or [record]
+    made = how(parts[0]) if len(parts) == 1 else "the union of " + "; and ".join(
+        f"({i}) {how(p)}" for i, p in enumerate(parts, 1))
     return (
         "\n- **Synthetic images only**: no real image was trained on. They were sampled from the diffusion "
         f"checkpoint `{record.get('diffusion_checkpoint')}`"
         + (f" ({record['diffusion_training_steps']} training steps)" if record.get("diffusion_training_steps") else "")
-        + f" at {record.get('resolution')} px: {record.get('n_per_class')} per class, sampler "
-        f"`{record.get('sampler')}` with {record.get('steps')} steps, guidance scale {guidance}, seeds from "
-        f"{record.get('seed')} (`generation.json` in the data folder). Real images only select the epoch "
-        "(validation)."
+        + f" at {record.get('resolution')} px: {made} (`generation.json` in the data folder). Real images only "
+        "select the epoch (validation)."
+        + (f" {record['note']}" if record.get("note") else "")
     )
 
 

@@ -338,9 +338,11 @@ def _add_train_diffusion(sub) -> None:
 
 
 def _cmd_train_diffusion(args) -> int:
+    from dataclasses import fields
+
     from .train_diffusion import DiffusionRecipe, train_diffusion
 
-    recipe = DiffusionRecipe(
+    options = dict(
         domain=args.domain, data=args.data, out=args.out, preset=args.preset, resolution=args.resolution,
         block_out_channels=args.block_out_channels, layers_per_block=args.layers_per_block,
         prediction_type=args.prediction_type, snr_gamma=args.snr_gamma, batch_size=args.batch_size, lr=args.lr,
@@ -352,7 +354,27 @@ def _cmd_train_diffusion(args) -> int:
         init_from=args.init_from,
         progress=not args.json or sys.stderr.isatty(),
     )
-    summary = train_diffusion(recipe)
+    saved_file = Path(args.out) / "args.json"
+    if args.resume and saved_file.is_file():
+        # --resume continues the recorded recipe: an option left off the command line keeps the value
+        # the run recorded (e.g. --save-dtype fp16), not the parser's default; a given option wins.
+        try:
+            saved = json.loads(saved_file.read_text())
+        except ValueError as exc:
+            raise MedsynthError(f"{saved_file} is not valid JSON ({exc}); it records the run's recipe") from None
+        given = {token.split("=", 1)[0] for token in getattr(args, "argv", []) if token.startswith("--")}
+        kept = []
+        for field in fields(DiffusionRecipe):
+            name = field.name
+            if name in ("domain", "data", "out", "resume", "progress") or name not in saved or name not in options:
+                continue
+            if "--" + name.replace("_", "-") not in given and saved[name] != options[name]:
+                value = saved[name]
+                options[name] = tuple(value) if name == "block_out_channels" and value is not None else value
+                kept.append(f"--{name.replace('_', '-')} {value}")
+        if kept and _is_main_process():
+            print(f"resuming with the recorded {', '.join(kept)} (give an option to change it)", file=sys.stderr)
+    summary = train_diffusion(DiffusionRecipe(**options))
     if not _is_main_process():
         return 0
     print(f"saved {summary['out']} at step {summary['steps']} ({summary['stop_reason']}, "
@@ -593,6 +615,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # which options were given (resume keeps the rest)
     warnings.showwarning = _one_line_warning
     try:
         return args.func(args)

@@ -244,6 +244,25 @@ def test_train_diffusion_cli_smoke(tmp_path, ct_data, capsys):
     assert summary["steps"] == 2 and summary["resolution"] == 16
 
 
+def test_cli_resume_keeps_the_recorded_recipe(tmp_path, ct_data, capsys):
+    """Options left off a --resume command keep the run's recorded values, not the parser's defaults;
+    options given on it win."""
+    from safetensors import safe_open
+
+    base = ["train-diffusion", "--domain", "covid_ct", "--data", str(ct_data), "--out", str(tmp_path / "r"),
+            "--preset", "tiny", "--resolution", "16", "--batch-size", "4", "--checkpoint-every", "2", "--json"]
+    assert main(base + ["--max-steps", "2", "--save-dtype", "fp16", "--lr", "0.002"]) == 0
+    capsys.readouterr()
+    assert main(["train-diffusion", "--domain", "covid_ct", "--data", str(ct_data), "--out", str(tmp_path / "r"),
+                 "--resume", "--max-steps=3", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with the recorded" in err and "--save-dtype fp16" in err and "--lr 0.002" in err
+    recorded = json.loads((tmp_path / "r" / "args.json").read_text())
+    assert (recorded["save_dtype"], recorded["lr"], recorded["max_steps"], recorded["resolution"]) == ("fp16", 0.002, 3, 16)
+    with safe_open(str(tmp_path / "r" / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+
+
 def test_frechet_distance_properties():
     from medsynth.quality import frechet_distance
 

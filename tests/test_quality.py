@@ -64,6 +64,19 @@ def test_synthetic_trained_classifier_card_says_so(synthetic, capsys):
     assert "Synthetic images only" not in (synthetic / "clf_real" / "README.md").read_text()
 
 
+def test_card_describes_a_set_merged_from_several_generate_runs():
+    from medsynth.cards import _synthetic_note
+
+    one = {"n_per_class": 500, "sampler": "dpmpp_sde", "steps": 20, "guidance": 2.0, "seed": 0}
+    two = {**one, "guidance": 1.5}
+    note = _synthetic_note({"synthetic": True, "diffusion_checkpoint": "ckpt", "diffusion_training_steps": 4000,
+                            "resolution": 64, "n_per_class": 1000, "parts": [one, two]})
+    assert "`ckpt` (4000 training steps) at 64 px: the union of (1) 500 per class" in note
+    assert "guidance scale 2.0" in note and "(2) 500 per class, sampler `dpmpp_sde` with 20 steps, guidance scale 1.5" in note
+    assert "the union" not in _synthetic_note({"diffusion_checkpoint": "ckpt", **one})
+    assert _synthetic_note({**one, "note": "Drawn before the fix."}).endswith("(validation). Drawn before the fix.")
+
+
 def test_quality_cli_measures_and_writes_the_card(synthetic, capsys):
     card_dir = synthetic / "diff"
     (card_dir / "README.md").write_text("---\nlicense: other\n---\n# card\n\n## Training\n\nx\n\n## Limitations\n\n- y\n")
