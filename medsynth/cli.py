@@ -362,16 +362,18 @@ def _cmd_train_diffusion(args) -> int:
             saved = json.loads(saved_file.read_text())
         except ValueError as exc:
             raise MedsynthError(f"{saved_file} is not valid JSON ({exc}); it records the run's recipe") from None
-        given = {token.split("=", 1)[0] for token in getattr(args, "argv", []) if token.startswith("--")}
+        given = {token.split("=", 1)[0] for token in getattr(args, "argv", []) if token.startswith("--") and len(token) > 2}
         kept = []
         for field in fields(DiffusionRecipe):
             name = field.name
             if name in ("domain", "data", "out", "resume", "progress") or name not in saved or name not in options:
                 continue
-            if "--" + name.replace("_", "-") not in given and saved[name] != options[name]:
+            flag = "--" + name.replace("_", "-")
+            # argparse accepts unique abbreviations (--max-step): a given prefix of this flag names it
+            if not any(flag.startswith(token) for token in given) and saved[name] != options[name]:
                 value = saved[name]
                 options[name] = tuple(value) if name == "block_out_channels" and value is not None else value
-                kept.append(f"--{name.replace('_', '-')} {value}")
+                kept.append(f"{flag} {value}")
         if kept and _is_main_process():
             print(f"resuming with the recorded {', '.join(kept)} (give an option to change it)", file=sys.stderr)
     summary = train_diffusion(DiffusionRecipe(**options))

@@ -254,7 +254,7 @@ def test_cli_resume_keeps_the_recorded_recipe(tmp_path, ct_data, capsys):
     assert main(base + ["--max-steps", "2", "--save-dtype", "fp16", "--lr", "0.002"]) == 0
     capsys.readouterr()
     assert main(["train-diffusion", "--domain", "covid_ct", "--data", str(ct_data), "--out", str(tmp_path / "r"),
-                 "--resume", "--max-steps=3", "--json"]) == 0
+                 "--resume", "--max-step=3", "--json"]) == 0  # an abbreviation counts as given
     err = capsys.readouterr().err
     assert "resuming with the recorded" in err and "--save-dtype fp16" in err and "--lr 0.002" in err
     recorded = json.loads((tmp_path / "r" / "args.json").read_text())
