@@ -75,6 +75,15 @@ def _add_train_classifier(sub) -> None:
     g.add_argument("--label-smoothing", type=float, default=R.label_smoothing, help="(default %(default)s)")
     g.add_argument("--balance", choices=["weights", "none"], default=R.balance,
                    help="class-weighted loss against imbalance, or none (default %(default)s)")
+    g.add_argument("--augment", choices=["domain", "strong"], default=R.augment,
+                   help="the domain's augmentations, or strong: wider affine and intensity ranges plus blur, "
+                   "gamma, pixel noise and random erasing, for training on synthetic images (default %(default)s)")
+    g.add_argument("--mixup", type=float, default=R.mixup, metavar="ALPHA",
+                   help="mix image pairs and their labels with weights from Beta(ALPHA, ALPHA); 0 = off "
+                   "(default %(default)s)")
+    g.add_argument("--freeze-stages", type=int, default=R.freeze_stages, metavar="N",
+                   help="keep the stem and the first N-1 stages of the backbone at their initial weights "
+                   "(default %(default)s)")
     g.add_argument("--patience", type=int, default=R.patience,
                    help="stop after this many epochs without a better validation macro-F1; 0 = never (default %(default)s)")
     g = p.add_argument_group("run")
@@ -102,6 +111,7 @@ def _cmd_train_classifier(args) -> int:
         domain=args.domain, data=args.data, out=args.out, arch=args.arch, pretrained=not args.no_pretrained,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
+        augment=args.augment, mixup=args.mixup, freeze_stages=args.freeze_stages,
         image_size=args.image_size, val_fraction=args.val_fraction, val_data=args.val_data,
         patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
         num_workers=args.num_workers, max_minutes=args.max_minutes, init_from=args.init_from,

@@ -4,6 +4,8 @@ The recipe: ImageNet-pretrained timm backbone, AdamW (no decay on norms and bias
 warm-up then cosine decay per step, label smoothing, class-weighted cross-entropy (weights
 inversely proportional to class frequency), domain augmentations, and early stopping on
 validation macro-F1; the best weights are written atomically whenever validation improves.
+For training on synthetic images there are three regularisers, off by default: stronger
+augmentation, mixup, and freezing the first stages of the pretrained backbone.
 
 It runs through ``accelerate``: plain ``python -m medsynth train-classifier`` on a CPU or a GPU,
 or ``accelerate launch -m medsynth train-classifier`` on several GPUs, with no code change.
@@ -49,6 +51,9 @@ class ClassifierRecipe:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     balance: str = "weights"  # "weights" (class-weighted loss) or "none"
+    augment: str = "domain"  # "domain" (the domain's augmentations) or "strong" (wider, plus blur/noise/gamma/erasing)
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs; 0 = off
+    freeze_stages: int = 0  # keep the stem and the first N-1 stages at their initial weights (timm's coarse groups)
     image_size: int | None = None  # None: the domain's default classifier size
     val_fraction: float = 0.15
     val_data: str | None = None  # a separate labelled folder for validation (e.g. real images)
@@ -72,6 +77,12 @@ class ClassifierRecipe:
             raise MedsynthError(f"--image-size must be at least 32, got {self.image_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise MedsynthError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.augment not in ("domain", "strong"):
+            raise MedsynthError(f"--augment must be 'domain' or 'strong', got {self.augment!r}")
+        if self.mixup < 0:
+            raise MedsynthError(f"--mixup must be >= 0 (0 = off), got {self.mixup}")
+        if self.freeze_stages < 0:
+            raise MedsynthError(f"--freeze-stages must be >= 0, got {self.freeze_stages}")
         if self.balance not in ("weights", "none"):
             raise MedsynthError(f"--balance must be 'weights' or 'none', got {self.balance!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
@@ -101,6 +112,29 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)  # norms and biases are 1-D
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def freeze_stages(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
+    """Stop training the first ``n`` of timm's coarse module groups (the stem, then stage by stage).
+
+    Returns the frozen modules: the training loop keeps them in eval mode, so their batch-norm
+    statistics stay those of the initial weights too.
+    """
+    if n == 0:
+        return []
+    from timm.models._manipulate import group_modules
+
+    if not hasattr(model, "group_matcher"):
+        raise MedsynthError(f"--freeze-stages: {type(model).__name__} does not describe its stages; use 0")
+    groups = group_modules(model, model.group_matcher(coarse=True))
+    order = sorted(groups)
+    if n >= len(order):
+        raise MedsynthError(f"--freeze-stages {n}: this model has {len(order)} groups (stem, stages, head), so at "
+                            f"most {len(order) - 1} can be frozen and the head still trains")
+    frozen = [model.get_submodule(name) for gid in order[:n] for name in groups[gid]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
 
 
 def train_classifier(recipe: ClassifierRecipe) -> dict:
@@ -152,7 +186,8 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
         input_size=size, mean=mean, std=std, pretrained=pretrained_source,
     )
     normalize = Normalize(mean, std)
-    augment = build_augmentation(domain.augmentation, domain.channels)
+    frozen = freeze_stages(model, recipe.freeze_stages)
+    augment = build_augmentation(domain.augmentation, domain.channels, recipe.augment)
     train_ds = ArrayDataset(train_images, train_labels, torch.nn.Sequential(augment, normalize))
     val_ds = ArrayDataset(val_images, [s.label for s in val_samples], normalize)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -174,6 +209,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
         # w_c = N / (K * n_c): every class contributes equally to the loss.
         weights = torch.tensor(counts.sum() / (domain.num_classes * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.label_smoothing).to(accelerator.device)
+    mix = torch.distributions.Beta(recipe.mixup, recipe.mixup) if recipe.mixup > 0 else None
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
@@ -192,11 +228,19 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     stop_reason = "finished all epochs"
     for epoch in range(1, recipe.epochs + 1):
         model.train()
+        for module in frozen:
+            module.eval()
         running, seen = 0.0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", disable=not show, leave=False)
         for x, y in bar:
             with accelerator.autocast():
-                loss = loss_fn(model(x), y)
+                if mix is None:
+                    loss = loss_fn(model(x), y)
+                else:  # a convex mix of two images is labelled with the same mix of their labels
+                    lam = float(mix.sample())
+                    perm = torch.randperm(len(y), device=y.device)
+                    logits = model(lam * x + (1 - lam) * x[perm])
+                    loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 2.0)
             optimizer.step()

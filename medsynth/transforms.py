@@ -9,6 +9,7 @@ to [0, 1] and normalised with the model's mean and std. Augmentations come from 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -84,8 +85,62 @@ class ReflectAffine(torch.nn.Module):
         return self.affine(padded)[..., pad : pad + size, pad : pad + size]
 
 
-def build_augmentation(aug: Augmentation, channels: int) -> torch.nn.Module:
-    """Training augmentations on float (C, H, W) tensors in [0, 1]."""
+class RandomGaussianNoise(torch.nn.Module):
+    """With probability ``p``, add N(0, sigma^2) pixel noise, sigma uniform in [0, ``max_sigma``]."""
+
+    def __init__(self, max_sigma: float, p: float = 0.5) -> None:
+        super().__init__()
+        self.max_sigma, self.p = max_sigma, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        sigma = float(torch.rand(())) * self.max_sigma
+        return (x + sigma * torch.randn_like(x)).clamp_(0.0, 1.0)
+
+
+class RandomGamma(torch.nn.Module):
+    """With probability ``p``, raise intensities to a power drawn log-uniformly from 1/g .. g."""
+
+    def __init__(self, gamma: float, p: float = 0.5) -> None:
+        super().__init__()
+        self.log_gamma, self.p = math.log(gamma), p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        g = math.exp((float(torch.rand(())) * 2 - 1) * self.log_gamma)
+        return x.clamp(min=0.0).pow(g)
+
+
+# The strengths ``--augment strong`` adds on top of a domain's own: what separates a generator's
+# samples from real scans is mostly texture, sharpness, noise and intensity curves, so a CNN that
+# must ignore those learns more of the anatomy. Measured in benchmarks/RESULTS.md ("Training on
+# synthetic images: the recipe").
+STRONG = {
+    "degrees": 15.0, "translate": 0.1, "scale": (0.8, 1.2), "brightness": 0.3, "contrast": 0.3,
+    "blur_sigma": (0.1, 1.2), "noise": 0.06, "gamma": 1.5, "erase": 0.25,
+}
+
+
+def build_augmentation(aug: Augmentation, channels: int, strength: str = "domain") -> torch.nn.Module:
+    """Training augmentations on float (C, H, W) tensors in [0, 1].
+
+    ``strength`` "domain" uses the domain's record as it is; "strong" widens its affine and colour
+    ranges to at least ``STRONG``'s and adds blur, gamma, pixel noise and random erasing.
+    """
+    if strength not in ("domain", "strong"):
+        raise ValueError(f"augmentation strength must be 'domain' or 'strong', got {strength!r}")
+    strong = strength == "strong"
+    if strong:
+        aug = replace(
+            aug,
+            degrees=max(aug.degrees, STRONG["degrees"]),
+            translate=max(aug.translate, STRONG["translate"]),
+            scale=(min(aug.scale[0], STRONG["scale"][0]), max(aug.scale[1], STRONG["scale"][1])),
+            brightness=max(aug.brightness, STRONG["brightness"]),
+            contrast=max(aug.contrast, STRONG["contrast"]),
+        )
     steps: list[torch.nn.Module] = []
     if aug.hflip:
         steps.append(v2.RandomHorizontalFlip())
@@ -105,4 +160,11 @@ def build_augmentation(aug: Augmentation, channels: int) -> torch.nn.Module:
                 hue=(aug.hue or None) if color else None,
             )
         )
+    if strong:
+        steps += [
+            RandomGamma(STRONG["gamma"]),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=STRONG["blur_sigma"])], p=0.5),
+            RandomGaussianNoise(STRONG["noise"]),
+            v2.RandomErasing(p=STRONG["erase"], scale=(0.02, 0.12), value=0.0),
+        ]
     return torch.nn.Sequential(*steps)

@@ -32,15 +32,34 @@ def test_domain_record(key):
         d.class_index("nope")
 
 
+@pytest.mark.parametrize("strength", ["domain", "strong"])
 @pytest.mark.parametrize("key", sorted(DOMAINS))
-def test_augmentation_keeps_shape_and_range(key):
+def test_augmentation_keeps_shape_and_range(key, strength):
     d = DOMAINS[key]
     torch.manual_seed(0)
-    aug = build_augmentation(d.augmentation, d.channels)
+    aug = build_augmentation(d.augmentation, d.channels, strength)
     x = torch.rand(d.channels, 64, 64)
     for _ in range(5):
         y = aug(x)
         assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+def test_strong_augmentation_widens_the_domain_ranges_and_adds_degradations():
+    from medsynth.transforms import STRONG, RandomGamma, RandomGaussianNoise
+
+    d = DOMAINS["brain_mri"]
+    strong = build_augmentation(d.augmentation, d.channels, "strong")
+    kinds = [type(m).__name__ for m in strong]
+    assert {"RandomGamma", "RandomApply", "RandomGaussianNoise", "RandomErasing"} <= set(kinds)
+    affine = next(m for m in strong if type(m).__name__ == "ReflectAffine").affine
+    assert affine.degrees == [-STRONG["degrees"], STRONG["degrees"]] and affine.scale == STRONG["scale"]
+    assert len(build_augmentation(d.augmentation, d.channels)) < len(strong)
+    # Each degradation changes an image when it fires and leaves it alone when it does not.
+    x = torch.rand(1, 16, 16)
+    assert not torch.equal(RandomGaussianNoise(0.1, p=1.0)(x), x) and torch.equal(RandomGaussianNoise(0.1, p=0.0)(x), x)
+    assert not torch.equal(RandomGamma(2.0, p=1.0)(x), x) and torch.equal(RandomGamma(2.0, p=0.0)(x), x)
+    with pytest.raises(ValueError, match="'domain' or 'strong'"):
+        build_augmentation(d.augmentation, d.channels, "extreme")
 
 
 def test_unknown_domain_lists_known():

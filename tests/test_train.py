@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from medsynth.errors import MedsynthError
 from medsynth.train_classifier import ClassifierRecipe, train_classifier, warmup_cosine
@@ -55,7 +56,9 @@ def test_no_validation_keeps_last_epoch(tmp_path):
     "field,value,message",
     [("epochs", 0, "--epochs must be at least 1"), ("lr", 0.0, "--lr must be positive"),
      ("val_fraction", 1.0, r"--val-fraction must be in \[0, 1\)"), ("image_size", 8, "--image-size must be at least 32"),
-     ("balance", "oversample", "--balance must be"), ("device", "tpu", "--device must be")],
+     ("balance", "oversample", "--balance must be"), ("device", "tpu", "--device must be"),
+     ("augment", "extreme", "--augment must be 'domain' or 'strong'"), ("mixup", -0.2, "--mixup must be >= 0"),
+     ("freeze_stages", -1, "--freeze-stages must be >= 0")],
 )
 def test_recipe_validation(tmp_path, field, value, message):
     with pytest.raises(MedsynthError, match=message):
@@ -80,3 +83,33 @@ def test_fine_tune_from_a_checkpoint(tmp_path, trained_tiny):
     with pytest.raises(MedsynthError, match="pass --arch test_efficientnet"):
         train_classifier(ClassifierRecipe(domain="all_blood", data=str(data), out=str(tmp_path / "x"),
                                           init_from=str(base), progress=False))
+
+
+def test_freeze_stages_keeps_the_stem_and_early_stages_and_their_statistics(tmp_path):
+    from safetensors.torch import load_file
+
+    from medsynth.classify import create_classifier
+    from medsynth.train_classifier import freeze_stages
+
+    data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=6, channels=1)
+    torch.manual_seed(0)
+    initial, _ = create_classifier(TINY_ARCH, 2, 1, pretrained=False)
+    train_classifier(_recipe(tmp_path, data, freeze_stages=2, val_fraction=0.0, epochs=2, lr=1e-2))
+    trained = load_file(str(tmp_path / "out" / "model.safetensors"))
+    start = initial.state_dict()
+    # Group 0 is the stem, group 1 the first stage: weights and batch-norm running statistics unchanged.
+    for name in ("conv_stem.weight", "bn1.weight", "bn1.running_mean", "blocks.0.0.conv.weight", "blocks.0.0.bn1.running_var"):
+        assert torch.equal(trained[name], start[name]), name
+    assert not torch.equal(trained["classifier.weight"], start["classifier.weight"])
+    assert not torch.equal(trained["blocks.1.0.conv_exp.weight"], start["blocks.1.0.conv_exp.weight"])
+    with pytest.raises(MedsynthError, match="so at most"):
+        freeze_stages(initial, 99)
+    assert json.loads((tmp_path / "out" / "args.json").read_text())["freeze_stages"] == 2
+
+
+def test_mixup_and_strong_augmentation_train_and_are_recorded(tmp_path):
+    data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=6, channels=1)
+    summary = train_classifier(_recipe(tmp_path, data, augment="strong", mixup=0.4, epochs=2))
+    assert summary["epochs_run"] == 2 and math.isfinite(summary["val_metrics"]["accuracy"])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| `augment` | `strong` |" in card and "| `mixup` | `0.4` |" in card
