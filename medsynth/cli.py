@@ -572,6 +572,9 @@ def _add_card(sub) -> None:
         "medsynth. A section written by 'medsynth quality --card' is kept.",
     )
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint folder(s)")
+    p.add_argument("--sample-grid", action="store_true",
+                   help="diffusion checkpoints: first redraw sample_grid.png with this medsynth's sampler (the "
+                   "training run's seeds and settings), e.g. after a sampler fix")
     p.set_defaults(func=_cmd_card)
 
 
@@ -581,6 +584,15 @@ def _cmd_card(args) -> int:
     for folder in args.checkpoints:
         if not Path(folder).is_dir():
             raise MedsynthError(f"{folder}: no such checkpoint folder")
+        if args.sample_grid:
+            if not (Path(folder) / "model_index.json").is_file():
+                raise MedsynthError(f"{folder}: --sample-grid needs a diffusion checkpoint (model_index.json); "
+                                    "leave it off for a classifier")
+            from .diffusion import load_pipeline
+            from .train_diffusion import sample_grid, save_png
+
+            save_png(sample_grid(load_pipeline(folder)), Path(folder) / "sample_grid.png")
+            print(f"redrew {Path(folder) / 'sample_grid.png'}")
         rebuild_card(folder)
         print(f"rewrote {Path(folder) / 'README.md'}")
     return 0

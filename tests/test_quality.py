@@ -143,6 +143,18 @@ def test_card_rebuild_keeps_quality_and_reports_lineage(tmp_path, capsys):
     assert main(["card", str(data)]) == 2
     assert "cannot rebuild its card without args.json" in capsys.readouterr().err
 
+    # --sample-grid redraws the grid with the current sampler: the same image training drew last.
+    from PIL import Image
+
+    grid = tmp_path / "b" / "sample_grid.png"
+    drawn = np.asarray(Image.open(grid))
+    grid.write_bytes(b"stale")
+    assert main(["card", "--sample-grid", str(tmp_path / "b")]) == 0
+    assert np.array_equal(np.asarray(Image.open(grid)), drawn)
+    assert "## Measured quality" in (tmp_path / "b" / "README.md").read_text()
+    assert main(["card", "--sample-grid", str(tmp_path / "a" / "..")]) == 2
+    assert "--sample-grid needs a diffusion checkpoint" in capsys.readouterr().err
+
 
 def test_evaluate_card_records_each_data_folder(trained_tiny, tmp_path, capsys):
     import shutil
