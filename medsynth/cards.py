@@ -159,13 +159,20 @@ def _caveats(domain: Any) -> str:
 
 def _synthetic_note(record: dict | None) -> str:
     """``generation.json`` on a classifier card. A folder merged from several ``generate`` runs lists
-    each run's record under ``parts``; its top level then names the common checkpoint."""
+    each run's record under ``parts``; its top level then names the common checkpoint, and a part
+    drawn from another checkpoint names its own (``diffusion_checkpoint``, ``diffusion_training_steps``)."""
     if not record:
         return ""
 
     def how(part: dict) -> str:
-        return (f"{part.get('n_per_class')} per class, sampler `{part.get('sampler')}` with {part.get('steps')} "
+        text = (f"{part.get('n_per_class')} per class, sampler `{part.get('sampler')}` with {part.get('steps')} "
                 f"steps, guidance scale {part.get('guidance')}, seeds from {part.get('seed')}")
+        source = (part.get("diffusion_checkpoint"), part.get("diffusion_training_steps"))
+        if part is not record and source[0] and source != (record.get("diffusion_checkpoint"),
+                                                          record.get("diffusion_training_steps")):
+            # A part drawn from another checkpoint (or another step of the same run) says which.
+            text += f", from `{source[0]}`" + (f" at {source[1]} training steps" if source[1] else "")
+        return text
 
     parts = record.get("parts") or [record]
     made = how(parts[0]) if len(parts) == 1 else "the union of " + "; and ".join(

@@ -74,6 +74,14 @@ def test_card_describes_a_set_merged_from_several_generate_runs():
     assert "`ckpt` (4000 training steps) at 64 px: the union of (1) 500 per class" in note
     assert "guidance scale 2.0" in note and "(2) 500 per class, sampler `dpmpp_sde` with 20 steps, guidance scale 1.5" in note
     assert "the union" not in _synthetic_note({"diffusion_checkpoint": "ckpt", **one})
+    later = {**one, "diffusion_checkpoint": "later", "diffusion_training_steps": 4500}
+    note = _synthetic_note({"diffusion_checkpoint": "ckpt", "diffusion_training_steps": 3478, "parts": [one, later]})
+    assert "seeds from 0, from `later` at 4500 training steps" in note and note.count("from `") == 1
+    same_run = {**later, "diffusion_checkpoint": "ckpt"}  # the same folder, trained on further
+    note = _synthetic_note({"diffusion_checkpoint": "ckpt", "diffusion_training_steps": 3478,
+                            "parts": [{**one, "diffusion_checkpoint": "ckpt", "diffusion_training_steps": 3478}, same_run]})
+    assert "(1) 500 per class, sampler `dpmpp_sde` with 20 steps, guidance scale 2.0, seeds from 0;" in note
+    assert "from `ckpt` at 4500 training steps" in note
     assert _synthetic_note({**one, "note": "Drawn before the fix."}).endswith("(validation). Drawn before the fix.")
 
 
