@@ -113,10 +113,11 @@ class RandomGamma(torch.nn.Module):
         return x.clamp(min=0.0).pow(g)
 
 
-# The strengths ``--augment strong`` adds on top of a domain's own: what separates a generator's
-# samples from real scans is mostly texture, sharpness, noise and intensity curves, so a CNN that
-# must ignore those learns more of the anatomy. Measured in benchmarks/RESULTS.md ("Training on
-# synthetic images: the recipe").
+# The strengths ``--augment strong`` adds on top of a domain's own. The idea: a generator's samples
+# differ from real scans in texture, sharpness, noise and intensity curves, so a CNN made to ignore
+# those should rely more on anatomy. On our brain_mri synthetic set it did not help (one seed, 0.807
+# against 0.823-0.842 for the domain's augmentations): benchmarks/RESULTS.md, "Training on synthetic
+# images: the recipe".
 STRONG = {
     "degrees": 15.0, "translate": 0.1, "scale": (0.8, 1.2), "brightness": 0.3, "contrast": 0.3,
     "blur_sigma": (0.1, 1.2), "noise": 0.06, "gamma": 1.5, "erase": 0.25,
