@@ -480,6 +480,36 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="join synthetic sets from several 'generate --n-per-class' runs into one training set",
+        description="Join labelled synthetic folders written by 'generate --n-per-class' (another guidance scale, "
+        "checkpoint or seed range each) into one training folder. Images are hard-linked, not copied (copied only "
+        "across file systems), under a per-set prefix (a_, b_, ...); generation.json lists each set's record under "
+        "'parts', which train-classifier puts on the model card. All sets must share domain, classes and resolution.",
+    )
+    p.add_argument("sets", nargs="+", metavar="SET", help="synthetic set folders (at least two)")
+    p.add_argument("--out", required=True, help="new folder for the joined set")
+    p.add_argument("--note", default=None, help="a sentence for the model card, e.g. why these sets were joined")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="last line: the joined set's generation.json record")
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args) -> int:
+    from .merge import merge_sets
+
+    record = merge_sets(args.sets, args.out, note=args.note, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        counts = ", ".join(f"{c} {n}" for c, n in record["class_counts"].items())
+        print(f"joined {len(record['parts'])} draws into {args.out}: {sum(record['class_counts'].values())} images "
+              f"({counts})")
+    return 0
+
+
 def _add_quality(sub) -> None:
     p = sub.add_parser(
         "quality",
@@ -627,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_split, _add_quality, _add_class_means, _add_card, _add_domains):
+                _add_merge, _add_split, _add_quality, _add_class_means, _add_card, _add_domains):
         add(sub)
     return parser
 

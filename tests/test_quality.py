@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 
@@ -183,3 +184,75 @@ def test_evaluate_card_records_each_data_folder(trained_tiny, tmp_path, capsys):
     assert cli(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--card"]) == 0  # replaced, not added
     assert cli(["card", str(ckpt)]) == 0  # a rebuilt card keeps it
     assert (ckpt / "README.md").read_text().count(heading) == 1
+
+
+def test_merge_joins_generated_sets_and_the_card_lists_each_draw(synthetic, tmp_path, capsys):
+    syn = synthetic / "syn"  # 4 per class, guidance 2, seeds from 5
+    assert main(["generate", "--checkpoint", str(synthetic / "diff"), "--n-per-class", "3", "--steps", "2",
+                 "--guidance", "1.5", "--seed", "5", "--out", str(tmp_path / "g15"), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(syn), str(tmp_path / "g15"), "--out", str(tmp_path / "u"), "--note", "Why: both.",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record == json.loads((tmp_path / "u" / "generation.json").read_text())
+    assert record["synthetic"] is True and record["classes"] == CT and record["resolution"] == 16
+    assert record["class_counts"] == {"covid": 7, "non_covid": 7} and record["n_per_class"] == 7
+    assert [(p["file_prefix"], p["guidance"], p["n_per_class"], p["folder"]) for p in record["parts"]] == \
+        [("a_", 2.0, 4, str(syn)), ("b_", 1.5, 3, str(tmp_path / "g15"))]
+    assert record["note"] == "Why: both."
+    names = sorted(p.name for p in (tmp_path / "u" / "covid").iterdir())
+    assert names[:2] == ["a_covid_000005.png", "a_covid_000006.png"] and len(names) == 7
+    assert (tmp_path / "u" / "covid" / "a_covid_000005.png").read_bytes() == (syn / "covid" / "covid_000005.png").read_bytes()
+    rows = list(csv.DictReader(open(tmp_path / "u" / "labels.csv")))
+    assert len(rows) == 14 and rows[0] == {"file": "covid/a_covid_000005.png", "class": "covid", "seed": "5", "part": "a_"}
+
+    # A merged set joins again: its draws keep their own prefixes inside the new one.
+    assert main(["generate", "--checkpoint", str(synthetic / "diff"), "--n-per-class", "2", "--steps", "2",
+                 "--guidance", "2", "--seed", "100", "--out", str(tmp_path / "late"), "--json"]) == 0
+    assert main(["merge", str(tmp_path / "u"), str(tmp_path / "late"), "--out", str(tmp_path / "u3")]) == 0
+    assert "joined 3 draws" in capsys.readouterr().out
+    record = json.loads((tmp_path / "u3" / "generation.json").read_text())
+    assert [p["file_prefix"] for p in record["parts"]] == ["a_a_", "a_b_", "b_"]
+    assert [p["class_counts"]["covid"] for p in record["parts"]] == [4, 3, 2]
+    assert (tmp_path / "u3" / "non_covid" / "a_b_non_covid_000008.png").is_file()
+
+    out = tmp_path / "clf"  # the card names every draw
+    train_classifier(ClassifierRecipe(
+        domain="covid_ct", data=str(tmp_path / "u3"), val_data=str(synthetic / "real"), out=str(out),
+        arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
+    ))
+    card = (out / "README.md").read_text()
+    assert "the union of (1) 4 per class" in card and "(3) 2 per class" in card and "guidance scale 1.5" in card
+
+
+def test_merge_refuses_what_would_spoil_the_set(synthetic, tmp_path, capsys):
+    syn = str(synthetic / "syn")
+
+    def error(*argv):
+        assert main(["merge", *argv]) == 2
+        return capsys.readouterr().err
+
+    assert "at least two" in error(syn, "--out", str(tmp_path / "o"))
+    assert "given twice" in error(syn, syn, "--out", str(tmp_path / "o"))
+    assert "has no generation.json" in error(syn, str(synthetic / "real"), "--out", str(tmp_path / "o"))
+    assert main(["generate", "--checkpoint", str(synthetic / "diff"), "--n-per-class", "2", "--steps", "2",
+                 "--guidance", "2", "--seed", "6", "--out", str(tmp_path / "again"), "--json"]) == 0
+    capsys.readouterr()
+    assert "overlapping seeds, so they hold the same images" in error(syn, str(tmp_path / "again"), "--out",
+                                                                       str(tmp_path / "o"))
+    other = tmp_path / "other"
+    make_dataset(other, CT, n_per_class=2, size=24, channels=1)
+    (other / "generation.json").write_text(json.dumps({**json.loads((synthetic / "syn" / "generation.json").read_text()),
+                                                       "resolution": 32, "seed": 1000}))
+    assert "differ in resolution (16 against 32)" in error(syn, str(other), "--out", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+
+    (other / "generation.json").write_text(json.dumps({**json.loads((synthetic / "syn" / "generation.json").read_text()),
+                                                       "seed": 1000}))
+    assert main(["merge", syn, str(other), "--out", str(tmp_path / "o")]) == 0
+    assert "exists; choose a new folder or pass --overwrite" in error(syn, str(other), "--out", str(tmp_path / "o"))
+    (tmp_path / "o" / "stale.txt").write_text("x")
+    assert main(["merge", syn, str(other), "--out", str(tmp_path / "o"), "--overwrite"]) == 0
+    assert not (tmp_path / "o" / "stale.txt").exists() and len(list((tmp_path / "o" / "covid").iterdir())) == 6
+    assert "is one of the sets to join" in error(syn, str(tmp_path / "o"), "--out", str(tmp_path / "o"), "--overwrite")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
