@@ -10,7 +10,7 @@ is scored on the real selection folder. Two numbers summarise a run:
 
     python benchmarks/synthetic_recipe.py --domain brain_mri --data runs/brain_syn \
         --select runs/brain_select/val --out runs/recipe_brain --seeds 0 1 \
-        --variant base= --variant freeze3="--freeze-stages 3" --variant strong="--augment strong"
+        --variant base= --variant freeze3="--freeze-stages 3" --variant strong="--augment strong" --jobs 2
 
 Adds the runs to OUT/results.json and prints a Markdown table of every run recorded there: the
 mean over seeds, then each seed.
@@ -28,6 +28,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BASE_ARGS = ["--image-size", "64", "--patience", "0"]
@@ -57,6 +58,8 @@ def main() -> None:
                     help="a name and the extra train-classifier options of one recipe ('base=' for none)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once (default 1); with more, each gets OMP_NUM_THREADS = cores / jobs")
     args = ap.parse_args()
 
     variants = {}
@@ -68,21 +71,30 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    results: dict[str, dict] = {}
+    if args.jobs > 1:  # share the cores: one torch thread per run unless the caller set it
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    pending = []
     for name, extra in variants.items():
         for seed in args.seeds:
             run = out / f"{name}_s{seed}"
-            summary = run / "train_summary.json"
-            if not summary.exists():
-                cmd = [sys.executable, "-m", "medsynth", "train-classifier", "--domain", args.domain,
-                       "--data", args.data, "--val-data", args.select, "--out", str(run), "--overwrite",
-                       "--epochs", str(args.epochs), "--seed", str(seed), "--json", *BASE_ARGS, *extra]
-                print("+", shlex.join(cmd), file=sys.stderr, flush=True)
-                started = time.time()
-                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-                print(f"  {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+            if not (run / "train_summary.json").exists():
+                pending.append([sys.executable, "-m", "medsynth", "train-classifier", "--domain", args.domain,
+                                "--data", args.data, "--val-data", args.select, "--out", str(run), "--overwrite",
+                                "--epochs", str(args.epochs), "--seed", str(seed), "--json", *BASE_ARGS, *extra])
+
+    def train(cmd: list[str]) -> None:
+        print("+", shlex.join(cmd), file=sys.stderr, flush=True)
+        started = time.time()
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        print(f"  {time.time() - started:.0f} s: {cmd[cmd.index('--out') + 1]}", file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(train, pending))  # re-raises the first failure
+    results: dict[str, dict] = {}
+    for name, extra in variants.items():
+        for seed in args.seeds:
             results[f"{name}_s{seed}"] = {"variant": name, "seed": seed, "args": extra,
-                                          **summarise(run / "train_log.csv")}
+                                          **summarise(out / f"{name}_s{seed}" / "train_log.csv")}
     # Earlier invocations on the same OUT (other variants or seeds) stay in results.json.
     record_path = out / "results.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"runs": {}}
