@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .diffusion import START_LOG_SNR
 from .domains import get_domain
 
 DISCLAIMER = "Research use only. Not a medical device; not for diagnosis or treatment decisions."
@@ -167,6 +168,8 @@ def _synthetic_note(record: dict | None) -> str:
     def how(part: dict) -> str:
         text = (f"{part.get('n_per_class')} per class, sampler `{part.get('sampler')}` with {part.get('steps')} "
                 f"steps, guidance scale {part.get('guidance')}, seeds from {part.get('seed')}")
+        if part.get("start_log_snr") is not None and part["start_log_snr"] != START_LOG_SNR:
+            text += f", starting at log-SNR {part['start_log_snr']}"
         source = (part.get("diffusion_checkpoint"), part.get("diffusion_training_steps"))
         if part is not record and source[0] and source != (record.get("diffusion_checkpoint"),
                                                           record.get("diffusion_training_steps")):

@@ -397,7 +397,7 @@ def _cmd_train_diffusion(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .diffusion import SAMPLERS
+    from .diffusion import SAMPLERS, START_LOG_SNR
 
     p = sub.add_parser(
         "generate",
@@ -412,12 +412,16 @@ def _add_generate(sub) -> None:
                    help="instead: this many images of every class into OUT/<class>/ (a synthetic dataset)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="dpmpp", help="(default %(default)s)")
     p.add_argument("--steps", type=int, default=20,
-                   help="denoising steps laid over the full 1000-step schedule; those at log-SNR < -1.5, where the "
+                   help="denoising steps laid over the full 1000-step schedule; those below --start-log-snr, where the "
                         "network cannot estimate the image, are skipped, so 20 run 17 and 25 run 22 "
                         "(default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default %(default)s)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale; 1 = none (default %(default)s)")
+    p.add_argument("--start-log-snr", type=float, default=START_LOG_SNR,
+                   help="the noisiest log-SNR sampling starts at, in [-12, 0]; lower starts earlier, from more noise, "
+                        "and leaves more of each image's coarse layout to the network (default %(default)s: t = 858 "
+                        "of the cosine schedule)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
@@ -455,7 +459,7 @@ def _cmd_generate(args) -> int:
         part = f"labels.{state.process_index}.csv"
         summary = generate_to_folder(pipe, mine, args.out, args.sampler, args.steps, args.guidance, args.batch_size,
                                      labelled=args.n_per_class is not None, progress=state.is_main_process,
-                                     labels_name=part)
+                                     labels_name=part, start_log_snr=args.start_log_snr)
         state.wait_for_everyone()
         if not state.is_main_process:
             return 0
@@ -466,12 +470,14 @@ def _cmd_generate(args) -> int:
         summary["images_per_second"] = round(len(jobs) / summary["seconds"], 4) if summary["seconds"] else None
     else:
         summary = generate_to_folder(pipe, jobs, args.out, args.sampler, args.steps, args.guidance, args.batch_size,
-                                     labelled=args.n_per_class is not None, progress=not args.json)
+                                     labelled=args.n_per_class is not None, progress=not args.json,
+                                     start_log_snr=args.start_log_snr)
     if args.n_per_class is not None:  # provenance of a synthetic dataset; train-classifier puts it on its card
         from .data import write_provenance
 
         write_provenance(args.out, args.checkpoint, pipe, n_per_class=args.n_per_class, sampler=args.sampler,
-                         steps=args.steps, guidance=args.guidance, seed=args.seed, seconds=summary["seconds"])
+                         steps=args.steps, guidance=args.guidance, seed=args.seed, start_log_snr=args.start_log_snr,
+                         seconds=summary["seconds"])
     if args.json:
         print(json.dumps(summary))
     else:

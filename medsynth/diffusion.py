@@ -93,7 +93,7 @@ def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return (0.5 * (a.log() - (1 - a).log())).float()
 
 
-def sampler_scheduler(name: str, config):
+def sampler_scheduler(name: str, config, start_log_snr: float = START_LOG_SNR):
     """A fresh scheduler of the named kind, built from the training scheduler's config.
 
     The values that shape the sampling trajectory are set explicitly: diffusers otherwise fills
@@ -115,12 +115,12 @@ def sampler_scheduler(name: str, config):
         # like it, corrects more of an imperfect network's errors, at the same cost per step.
         # On the cosine schedule a_T is ~0, and DPM-Solver++'s data prediction x0 = (x - s eps) / sqrt(a)
         # explodes at the first steps: dynamic thresholding (Saharia et al. 2022; diffusers' advice for
-        # pixel-space models) clips x0, and lambda_min_clipped skips the steps where log-SNR < START_LOG_SNR.
+        # pixel-space models) clips x0, and lambda_min_clipped skips the steps where log-SNR < start_log_snr.
         # Without both, samples saturate to salt-and-pepper noise or take random colours.
         return DPMSolverMultistepScheduler.from_config(
             config, **common, algorithm_type="dpmsolver++" if name == "dpmpp" else "sde-dpmsolver++",
             solver_order=2, thresholding=True,
-            dynamic_thresholding_ratio=0.995, sample_max_value=1.0, lambda_min_clipped=START_LOG_SNR,
+            dynamic_thresholding_ratio=0.995, sample_max_value=1.0, lambda_min_clipped=start_log_snr,
             lower_order_final=True, final_sigmas_type="zero",
         )
     raise MedsynthError(f"unknown sampler {name!r}; expected one of: {', '.join(SAMPLERS)}")
@@ -177,13 +177,15 @@ class ClassConditionalPipeline(_pipeline_base()):
         sampler: str = "dpmpp",
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         output_type: str = "np",
+        start_log_snr: float = START_LOG_SNR,
     ):
         """Sample one image per label. Returns uint8 (N, H, W, C) for ``output_type="np"``,
         a float tensor in [0, 1] for ``"pt"``, or a list of PIL images for ``"pil"``.
 
         ``generator``: one torch.Generator, or one per image (then image i depends only on its
         own generator, whatever else is in the batch). ``callback(step, total, preview)`` gets the
-        current estimate of the clean images, in [0, 1], after every step.
+        current estimate of the clean images, in [0, 1], after every step. ``start_log_snr``: the
+        noisiest log-SNR that sampling starts at (see ``START_LOG_SNR``); lower starts earlier, from more noise.
         """
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -194,18 +196,21 @@ class ClassConditionalPipeline(_pipeline_base()):
         if output_type not in ("np", "pt", "pil"):
             raise MedsynthError(f"output_type must be np, pt or pil, got {output_type!r}")
         labels = torch.tensor(self.class_ids(class_labels), device=self.device, dtype=torch.long)
-        scheduler = sampler_scheduler(sampler, self.scheduler.config)
+        if not -12.0 <= float(start_log_snr) <= 0.0:
+            raise MedsynthError(f"start log-SNR must be in [-12, 0] (the default {START_LOG_SNR} starts at t = 858 of "
+                                f"the cosine schedule; lower starts from more noise), got {start_log_snr}")
+        scheduler = sampler_scheduler(sampler, self.scheduler.config, start_log_snr)
         unet = self.unet
         size = unet.config.sample_size
         shape = (len(labels), unet.config.in_channels, size, size)
         alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         # Every sampler lays `num_inference_steps` steps over the full schedule ("trailing": stride
-        # 1000 / steps from t = 999) and skips those below START_LOG_SNR, as DPM-Solver's
+        # 1000 / steps from t = 999) and skips those below start_log_snr, as DPM-Solver's
         # lambda_min_clipped does: 20 steps run 17, 25 run 22, ddpm's 1000 run 859.
         scheduler.set_timesteps(int(num_inference_steps), device=self.device)
         if sampler in ("ddpm", "ddim"):
             lam = log_snr(self.scheduler.alphas_cumprod)
-            keep = lam[scheduler.timesteps.long().cpu()] >= START_LOG_SNR
+            keep = lam[scheduler.timesteps.long().cpu()] >= start_log_snr
             scheduler.timesteps = scheduler.timesteps[keep.to(scheduler.timesteps.device)]
         # x_t0 ~ N(sqrt(a_t0) mean_k, (1 - a_t0) I): the marginal at the first timestep, up to the
         # image's own variation around its class mean, which is small against the noise there.

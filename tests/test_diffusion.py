@@ -221,12 +221,27 @@ def test_generate_cli(tmp_path, pipe, capsys):
     assert [s.label for s in samples] == [0, 0, 1, 1]
     rows = list(csv.DictReader(open(tmp_path / "ds" / "labels.csv")))
     assert [r["class"] for r in rows] == ["covid", "covid", "non_covid", "non_covid"]
+    assert json.loads((tmp_path / "ds" / "generation.json").read_text())["start_log_snr"] == -1.5
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_an_earlier_start_log_snr_adds_the_noisier_steps(sampler, pipe):
+    seen = {}
+    for start in (-1.5, -10.0):  # t = 858 of the cosine schedule, and t = 999 (pure noise)
+        steps = []
+        pipe(["covid"], num_inference_steps=10, generator=_gen(0), sampler=sampler, start_log_snr=start,
+             callback=lambda i, total, preview: steps.append(total))
+        seen[start] = steps[0]
+    assert seen[-10.0] > seen[-1.5]  # ddpm/ddim keep t = 999 and 899; DPM-Solver starts at 999, not 858
+    with pytest.raises(MedsynthError, match=r"start log-SNR must be in \[-12, 0\]"):
+        pipe(["covid"], num_inference_steps=2, start_log_snr=1.0)
 
 
 @pytest.mark.parametrize(
     "extra,message",
     [(["--class", "flu"], "unknown class 'flu'"), (["--class", "covid", "--sampler", "euler"], "invalid choice: 'euler'"),
-     (["--class", "covid", "--steps", "0"], "--steps must be at least 1"), ([], "--class is required")],
+     (["--class", "covid", "--steps", "0"], "--steps must be at least 1"), ([], "--class is required"),
+     (["--class", "covid", "--start-log-snr", "-20"], "start log-SNR must be in [-12, 0]")],
 )
 def test_generate_cli_errors(tmp_path, pipe, capsys, extra, message):
     save_pipeline(pipe, tmp_path / "p")

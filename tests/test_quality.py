@@ -84,6 +84,8 @@ def test_card_describes_a_set_merged_from_several_generate_runs():
     assert "(1) 500 per class, sampler `dpmpp_sde` with 20 steps, guidance scale 2.0, seeds from 0;" in note
     assert "from `ckpt` at 4500 training steps" in note
     assert _synthetic_note({**one, "note": "Drawn before the fix."}).endswith("(validation). Drawn before the fix.")
+    assert "log-SNR" not in _synthetic_note({**one, "start_log_snr": -1.5})  # the default goes unsaid
+    assert "seeds from 0, starting at log-SNR -3.0" in _synthetic_note({**one, "start_log_snr": -3.0})
 
 
 def test_quality_cli_measures_and_writes_the_card(synthetic, capsys):
