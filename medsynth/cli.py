@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -221,7 +220,7 @@ def _add_split(sub) -> None:
 
 
 def _cmd_split(args) -> int:
-    from .data import scan_dataset, stratified_split
+    from .data import link_or_copy, scan_dataset, stratified_split
     from .domains import get_domain
 
     domain = get_domain(args.domain)
@@ -233,10 +232,7 @@ def _cmd_split(args) -> int:
         for s in samples:
             target = out / part / domain.classes[s.label] / s.path.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(s.path, target)
-            except OSError:
-                shutil.copy2(s.path, target)
+            link_or_copy(s.path, target)
     print(f"wrote {out}/train ({len(train)} images) and {out}/val ({len(val)} images)")
     return 0
 

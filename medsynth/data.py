@@ -149,6 +149,17 @@ class ArrayDataset(torch.utils.data.Dataset):
         return x, self.labels[index]
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst`` (no second copy of the image); copy where links fail (another file system)."""
+    import os
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 PROVENANCE = "generation.json"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import atomic
-from .data import PROVENANCE, read_provenance, scan_dataset
+from .data import PROVENANCE, link_or_copy, read_provenance, scan_dataset
 from .errors import MedsynthError
 
 # What a part keeps of its set's record: how it was drawn. Domain, classes and resolution are common.
@@ -130,10 +130,7 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
                 rel = Path(cls) / (prefix + sample.path.name)
                 target = tmp / rel
                 target.parent.mkdir(exist_ok=True)
-                try:
-                    os.link(sample.path, target)
-                except OSError:  # another file system, or links not allowed: copy instead
-                    shutil.copy2(sample.path, target)
+                link_or_copy(sample.path, target)
                 seed = seeds.get(str(Path(cls) / sample.path.name), "")
                 rows.append((rel.as_posix(), cls, str(seed), prefix))
                 counts[cls] += 1
