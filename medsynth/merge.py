@@ -89,7 +89,7 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
 
     # One prefix per draw, also for the parts of a set that was itself merged (they keep theirs inside it).
     parts: list[dict] = []
-    plans: list[tuple[Path, str, list]] = []
+    plans: list[tuple[str, list, dict[str, int]]] = []
     for index, (folder, record) in enumerate(zip(folders, records)):
         samples = scan_dataset(folder, classes)
         prefix = _prefix(index)
@@ -104,7 +104,7 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
             part["given_as"] = label
             part["seed_list"] = sorted(seed for rel, seed in seeds.items() if Path(rel).name.startswith(inner))
             parts.append(part)
-        plans.append((folder, prefix, samples))
+        plans.append((prefix, samples, seeds))
 
     for i, a in enumerate(parts):  # the same draw twice would train on duplicate images
         for b in parts[:i]:
@@ -123,8 +123,7 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it a plain mkdir's permissions
     try:
-        for folder, prefix, samples in plans:
-            seeds = _seeds(folder)
+        for prefix, samples, seeds in plans:
             for sample in samples:
                 cls = classes[sample.label]
                 rel = Path(cls) / (prefix + sample.path.name)
