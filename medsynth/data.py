@@ -7,7 +7,9 @@ a class is an error naming it.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -151,9 +153,6 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link ``src`` at ``dst`` (no second copy of the image); copy where links fail (another file system)."""
-    import os
-    import shutil
-
     try:
         os.link(src, dst)
     except OSError:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic
-from .diffusion import ClassConditionalPipeline
+from .diffusion import START_LOG_SNR, ClassConditionalPipeline
 from .errors import MedsynthError
 
 
@@ -32,7 +32,7 @@ def generate_to_folder(
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     labels_name: str = "labels.csv",
-    start_log_snr: float | None = None,
+    start_log_snr: float = START_LOG_SNR,
 ) -> dict:
     """Generate one image per (class name, seed) job and save PNGs; returns SPEC's summary.
 
@@ -54,8 +54,7 @@ def generate_to_folder(
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed) for _, seed in chunk]
         images = pipe([c for c, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generators, sampler=sampler,
-                      **({} if start_log_snr is None else {"start_log_snr": start_log_snr}))
+                      generator=generators, sampler=sampler, start_log_snr=start_log_snr)
         for (cls, seed), array in zip(chunk, images):
             rel = Path(cls) / f"{cls}_{seed:06d}.png" if labelled else Path(f"{cls}_{seed:06d}.png")
             img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
