@@ -175,6 +175,8 @@ def _synthetic_note(record: dict | None) -> str:
                                                           record.get("diffusion_training_steps")):
             # A part drawn from another checkpoint (or another step of the same run) says which.
             text += f", from `{source[0]}`" + (f" at {source[1]} training steps" if source[1] else "")
+        if part is not record and part.get("curation") and part["curation"] != record.get("curation"):
+            text += f", {_curation_note(part['curation'])}"
         return text
 
     parts = record.get("parts") or [record]
@@ -186,8 +188,21 @@ def _synthetic_note(record: dict | None) -> str:
         + (f" ({record['diffusion_training_steps']} training steps)" if record.get("diffusion_training_steps") else "")
         + f" at {record.get('resolution')} px: {made} (`generation.json` in the data folder). Real images only "
         "select the epoch (validation)."
+        + (f" **Curated**: {_curation_note(record['curation'])}." if record.get("curation") else "")
         + (f" {record['note']}" if record.get("note") else "")
     )
+
+
+def _curation_note(curation: dict) -> str:
+    """One ``curate`` record in words: which CNN filtered the images, trained on what, and what was kept."""
+    kept, offered = curation.get("kept") or {}, curation.get("offered") or {}
+    per_class = ", ".join(f"{c} {kept[c]} of {offered.get(c, '?')}" for c in kept)
+    data = curation.get("classifier_data")
+    threshold = f" with probability at least {curation['min_prob']}" if curation.get("min_prob") else ""
+    return (f"kept the images that `{curation.get('classifier')}`"
+            + (f", a CNN trained on the real images in `{data}`," if data else ", a CNN trained on real images,")
+            + f" ranks as their generated class{threshold} ({per_class}), so the set carries that CNN's knowledge of "
+            "real images, though no real image was trained on")
 
 
 def diffusion_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dict]) -> str:

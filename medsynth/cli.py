@@ -512,6 +512,44 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _add_curate(sub) -> None:
+    p = sub.add_parser(
+        "curate",
+        help="keep the synthetic images that a CNN trained on real images assigns to their class",
+        description="Filter a labelled synthetic folder (from 'generate --n-per-class' or 'merge'): keep an image "
+        "only if CLASSIFIER, a CNN trained on real images, ranks its generated class first (and, with --min-prob, "
+        "gives it at least that probability). Nothing is relabelled. Images are hard-linked under their names; "
+        "labels.csv gains each image's probability, and generation.json a 'curation' record that train-classifier "
+        "puts on the model card. Train the filter on the diffusion model's real training images, never on the "
+        "images the result will be judged on.",
+    )
+    p.add_argument("set", metavar="SET", help="synthetic set folder (with generation.json)")
+    p.add_argument("--classifier", required=True, help="classifier checkpoint trained on real images of the domain")
+    p.add_argument("--out", required=True, help="new folder for the curated set")
+    p.add_argument("--min-prob", type=float, default=0.0,
+                   help="also require at least this probability for the generated class (default 0: ranked first)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per classifier batch (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="last line: the curated set's generation.json record")
+    p.set_defaults(func=_cmd_curate)
+
+
+def _cmd_curate(args) -> int:
+    from .curate import curate_set
+
+    if args.batch_size < 1:
+        raise MedsynthError(f"--batch-size must be at least 1, got {args.batch_size}")
+    record = curate_set(args.set, args.classifier, args.out, min_prob=args.min_prob, overwrite=args.overwrite,
+                        batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        cur = record["curation"]
+        kept = ", ".join(f"{c} {cur['kept'][c]} of {cur['offered'][c]}" for c in record["classes"])
+        print(f"kept {sum(cur['kept'].values())} of {sum(cur['offered'].values())} images in {args.out} ({kept})")
+    return 0
+
+
 def _add_quality(sub) -> None:
     p = sub.add_parser(
         "quality",
@@ -659,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_merge, _add_split, _add_quality, _add_class_means, _add_card, _add_domains):
+                _add_merge, _add_curate, _add_split, _add_quality, _add_class_means, _add_card, _add_domains):
         add(sub)
     return parser
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +22,7 @@ from .errors import MedsynthError
 
 # What a part keeps of its set's record: how it was drawn. Domain, classes and resolution are common.
 _PART_KEYS = ("diffusion_checkpoint", "diffusion_training_steps", "n_per_class", "sampler", "steps", "guidance",
-              "start_log_snr", "seed", "seconds")
+              "start_log_snr", "seed", "seconds", "curation")
 # Two sets drawn with all of these equal and overlapping seeds hold the same images twice.
 _SAME_DRAW = ("diffusion_checkpoint", "diffusion_training_steps", "sampler", "steps", "guidance", "start_log_snr")
 
@@ -45,7 +43,11 @@ def _seeds(folder: Path) -> dict[str, int]:
 def _parts_of(folder: Path, record: dict) -> list[dict]:
     """The draws a set is made of: its own record, or the parts of a set that was itself merged."""
     if record.get("parts"):
-        return [dict(p) for p in record["parts"]]
+        parts = [dict(p) for p in record["parts"]]
+        if record.get("curation"):  # a merged set curated afterwards: each part was filtered by it
+            for part in parts:
+                part.setdefault("curation", record["curation"])
+        return parts
     return [{k: record[k] for k in _PART_KEYS if k in record} | {"folder": str(folder)}]
 
 
@@ -117,12 +119,7 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
 
     counts = Counter()
     rows: list[tuple[str, str, str, str]] = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it a plain mkdir's permissions
-    try:
+    with atomic.atomic_dir(out) as tmp:
         for prefix, samples, seeds in plans:
             for sample in samples:
                 cls = classes[sample.label]
@@ -156,14 +153,4 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
             writer.writerow(["file", "class", "seed", "part"])
             writer.writerows(rows)
         atomic.write_json(tmp / PROVENANCE, merged)
-        if out.exists():  # --overwrite: move the old folder aside first, so a failure here loses nothing
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.rename(out, old / "set")
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return merged

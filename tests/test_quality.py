@@ -258,3 +258,121 @@ def test_merge_refuses_what_would_spoil_the_set(synthetic, tmp_path, capsys):
     assert not (tmp_path / "o" / "stale.txt").exists() and len(list((tmp_path / "o" / "covid").iterdir())) == 6
     assert "is one of the sets to join" in error(syn, str(tmp_path / "o"), "--out", str(tmp_path / "o"), "--overwrite")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.fixture(scope="module")
+def curation(tmp_path_factory):
+    """A covid_ct CNN trained on real-looking images, and a 'synthetic' set of the same kind of images
+    with one image filed under the wrong class: (classifier, set)."""
+    root = tmp_path_factory.mktemp("curate")
+    train_classifier(ClassifierRecipe(
+        domain="covid_ct", data=str(make_dataset(root / "train", CT, n_per_class=10, size=24, channels=1, seed=3)),
+        out=str(root / "clf"), arch=TINY_ARCH, pretrained=False, epochs=6, batch_size=8, lr=1e-2, image_size=32,
+        val_fraction=0.2, patience=0, device="cpu", progress=False,
+    ))
+    syn = make_dataset(root / "syn", CT, n_per_class=6, size=24, channels=1, seed=4)
+    (syn / "covid" / "covid_005.png").rename(syn / "non_covid" / "covid_005.png")  # a sample that missed its class
+    rows = [f"{c}/{p.name},{c},{i}" for i, (c, p) in enumerate((c, p) for c in CT for p in sorted((syn / c).iterdir()))]
+    (syn / "labels.csv").write_text("file,class,seed\n" + "\n".join(rows) + "\n")
+    (syn / "generation.json").write_text(json.dumps({
+        "synthetic": True, "diffusion_checkpoint": "diff", "diffusion_domain": "covid_ct", "diffusion_training_steps": 7,
+        "resolution": 24, "classes": CT, "n_per_class": 6, "sampler": "dpmpp_sde", "steps": 2, "guidance": 2.0,
+        "seed": 0}))
+    return root / "clf", syn
+
+
+def test_curate_keeps_what_a_real_trained_cnn_assigns_to_the_generated_class(curation, tmp_path, capsys):
+    from medsynth.classify import load_classifier
+    from medsynth.data import scan_dataset
+    from medsynth.io import load_image
+
+    clf_dir, syn = curation
+    clf = load_classifier(clf_dir)
+    samples = scan_dataset(syn, CT)
+    probs = clf.predict_proba([load_image(s.path, 1) for s in samples])
+    first = {f"{CT[s.label]}/{s.path.name}": float(p[s.label]) for s, p in zip(samples, probs) if p.argmax() == s.label}
+    assert "non_covid/covid_005.png" not in first  # the misfiled image is what curation is for
+    assert main(["curate", str(syn), "--classifier", str(clf_dir), "--out", str(tmp_path / "c"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record == json.loads((tmp_path / "c" / "generation.json").read_text())
+    kept = {f"{c}/{p.name}" for c in CT for p in (tmp_path / "c" / c).iterdir()}
+    assert kept == set(first)
+    assert (tmp_path / "c" / next(iter(kept))).read_bytes() == (syn / next(iter(kept))).read_bytes()
+    cur = record["curation"]
+    assert cur["offered"] == {"covid": 5, "non_covid": 7} and cur["min_prob"] == 0.0
+    assert cur["kept"] == {c: sum(k.startswith(c + "/") for k in kept) for c in CT} == record["class_counts"]
+    assert cur["classifier"] == str(clf_dir) and cur["classifier_data"] == str(curation[0].parent / "train")
+    assert cur["classifier_trained_on_synthetic"] is False and cur["source"] == str(syn)
+    assert record["guidance"] == 2.0 and record["seed"] == 0  # how the set was drawn stays on record
+    rows = list(csv.DictReader(open(tmp_path / "c" / "labels.csv")))
+    assert {r["file"] for r in rows} == kept
+    assert all(abs(float(r["prob"]) - first[r["file"]]) < 1e-3 for r in rows) and all(r["seed"] for r in rows)
+
+    # --min-prob keeps fewer: only images whose class gets at least that probability.
+    cut = min(max(p for k, p in first.items() if k.startswith(c + "/")) for c in CT)  # every class keeps one
+    assert main(["curate", str(syn), "--classifier", str(clf_dir), "--out", str(tmp_path / "c2"), "--min-prob",
+                 str(cut)]) == 0
+    assert "kept" in capsys.readouterr().out
+    kept2 = {f"{c}/{p.name}" for c in CT for p in (tmp_path / "c2" / c).iterdir()}
+    assert kept2 == {k for k, p in first.items() if p >= cut} and len(kept2) < len(kept)
+
+    # The CNN trained on it says on its card that it was curated, by what, and what was kept.
+    out = tmp_path / "syn_clf"
+    train_classifier(ClassifierRecipe(
+        domain="covid_ct", data=str(tmp_path / "c"), val_data=str(syn), out=str(out), arch=TINY_ARCH,
+        pretrained=False, epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
+    ))
+    card = (out / "README.md").read_text()
+    assert "**Synthetic images only**" in card and "**Curated**: kept the images that" in card
+    assert f"covid {cur['kept']['covid']} of 5" in card and "knowledge of real images" in card
+    # Curating a curated set keeps the first record; merging keeps each part's curation.
+    assert main(["curate", str(tmp_path / "c"), "--classifier", str(clf_dir), "--out", str(tmp_path / "cc")]) == 0
+    assert json.loads((tmp_path / "cc" / "generation.json").read_text())["earlier_curation"] == cur
+    other = tmp_path / "other"
+    make_dataset(other, CT, n_per_class=2, size=24, channels=1)
+    (other / "generation.json").write_text(json.dumps({**json.loads((syn / "generation.json").read_text()),
+                                                       "seed": 1000}))
+    assert main(["merge", str(tmp_path / "c"), str(other), "--out", str(tmp_path / "m"), "--json"]) == 0
+    parts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parts"]
+    assert parts[0]["curation"] == cur and "curation" not in parts[1]
+    # Curating the merged set counts what each of its draws kept.
+    assert main(["curate", str(tmp_path / "m"), "--classifier", str(clf_dir), "--out", str(tmp_path / "mc"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    names = [p.name for c in CT for p in (tmp_path / "mc" / c).iterdir()]
+    assert [sum(p["class_counts"].values()) for p in record["parts"]] == \
+        [sum(n.startswith("a_") for n in names), sum(n.startswith("b_") for n in names)]
+    assert record["parts"][1]["class_counts_before_curation"] == {"covid": 2, "non_covid": 2}
+
+
+def test_curate_refuses_what_would_mislead(curation, synthetic, tmp_path, capsys):
+    clf_dir, syn = curation
+
+    def error(*argv):
+        assert main(["curate", *argv]) == 2
+        return capsys.readouterr().err
+
+    out = ["--out", str(tmp_path / "o")]
+    assert "has no generation.json" in error(str(synthetic / "real"), "--classifier", str(clf_dir), *out)
+    assert "--min-prob must be in [0, 1)" in error(str(syn), "--classifier", str(clf_dir), "--min-prob", "1", *out)
+    assert "is the set being curated" in error(str(syn), "--classifier", str(clf_dir), "--out", str(syn))
+    assert "lower --min-prob" in error(str(syn), "--classifier", str(clf_dir), "--min-prob", "0.999999", *out)
+    # A CNN trained on synthetic images would keep nearly everything: refused.
+    syn_clf = tmp_path / "syn_clf"
+    train_classifier(ClassifierRecipe(
+        domain="covid_ct", data=str(syn), val_data=str(syn), out=str(syn_clf), arch=TINY_ARCH, pretrained=False,
+        epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
+    ))
+    assert "was trained on synthetic images" in error(str(syn), "--classifier", str(syn_clf), *out)
+    # Another domain's classifier: refused, naming both.
+    blood = tmp_path / "blood_clf"
+    train_classifier(ClassifierRecipe(
+        domain="all_blood", data=str(make_dataset(tmp_path / "b", get_domain("all_blood").classes, n_per_class=3,
+                                                  size=24, channels=3)),
+        out=str(blood), arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32, val_fraction=0.25,
+        device="cpu", progress=False,
+    ))
+    assert "is for all_blood" in error(str(syn), "--classifier", str(blood), *out)
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+    assert main(["curate", str(syn), "--classifier", str(clf_dir), *out]) == 0
+    assert "exists; choose a new folder or pass --overwrite" in error(str(syn), "--classifier", str(clf_dir), *out)
+    assert main(["curate", str(syn), "--classifier", str(clf_dir), *out, "--overwrite"]) == 0
