@@ -70,7 +70,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.rename(target, old / "set")
-            os.rename(tmp, target)
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(old / "set", target)  # put the old folder back whole
+                old.rmdir()
+                raise
             shutil.rmtree(old)
         else:
             os.rename(tmp, target)

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import atomic
-from .data import PROVENANCE, link_or_copy, read_provenance, scan_dataset
+from .data import PROVENANCE, check_out_apart, link_or_copy, read_provenance, scan_dataset
 from .errors import MedsynthError
 from .io import load_image
 
@@ -80,6 +80,7 @@ def curate_set(
                             "--n-per-class' or 'medsynth merge', and keeps real images out of synthetic-only training")
     if out.resolve() == data.resolve():
         raise MedsynthError(f"--out {out} is the set being curated; choose a new folder")
+    check_out_apart(out, [data], "the set being curated")
     if out.exists() and not overwrite:
         raise MedsynthError(f"{out} already exists; choose a new folder or pass --overwrite to replace it")
     clf = load_classifier(checkpoint)
@@ -89,6 +90,9 @@ def curate_set(
                             f"{data} is {record.get('diffusion_domain')} ({', '.join(classes)}); use a classifier of "
                             "the same domain")
     origin = _classifier_origin(checkpoint)
+    if "trained_on_synthetic" not in origin:
+        raise MedsynthError(f"classifier {checkpoint} has no readable train_summary.json, so what it was trained on "
+                            "is unknown; curate with a checkpoint that 'medsynth train-classifier' wrote from real images")
     if origin.get("trained_on_synthetic"):
         raise MedsynthError(f"classifier {checkpoint} was trained on synthetic images; it tells a generator's own classes "
                             "apart almost perfectly, so it would keep nearly everything. Curate with a CNN trained on "
@@ -121,8 +125,11 @@ def curate_set(
         with labels_path.open(newline="") as fh:
             reader = csv.DictReader(fh)
             fields = [f for f in (reader.fieldnames or fields) if f != "prob"]
-            old_rows = {row["file"]: row for row in reader}
-    curated = {k: v for k, v in record.items() if k not in ("class_counts", "n_per_class", "curation")}
+            if "file" in fields:  # a labels.csv without file names adds nothing to keep
+                old_rows = {row["file"]: row for row in reader}
+            else:
+                fields = ["file", "class"]
+    curated = {k: v for k, v in record.items() if k not in ("class_counts", "curation")}
     if record.get("curation"):  # curated before: keep the earlier filter's record too
         curated["earlier_curation"] = record["curation"]
     curated["class_counts"] = {c: kept[c] for c in classes}
@@ -135,8 +142,6 @@ def curate_set(
              "class_counts_before_curation": part.get("class_counts")}
             for part in record["parts"]
         ]
-    counts = set(curated["class_counts"].values())
-    curated["n_per_class"] = counts.pop() if len(counts) == 1 else None
     curated["curation"] = {
         "source": str(data),
         "classifier": str(checkpoint),

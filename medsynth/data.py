@@ -151,6 +151,16 @@ class ArrayDataset(torch.utils.data.Dataset):
         return x, self.labels[index]
 
 
+def check_out_apart(out: Path, sources: "list[Path]", what: str) -> None:
+    """Refuse an output folder that is, holds or lies inside one of ``sources``: writing it (or
+    replacing it with --overwrite) would add a non-class folder to a source or delete one."""
+    o = out.resolve()
+    for src in sources:
+        s = src.resolve()
+        if o == s or s in o.parents or o in s.parents:
+            raise MedsynthError(f"--out {out} is, holds or lies inside {what} {src}; choose a folder outside it")
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link ``src`` at ``dst`` (no second copy of the image); copy where links fail (another file system)."""
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import atomic
-from .data import PROVENANCE, link_or_copy, read_provenance, scan_dataset
+from .data import PROVENANCE, check_out_apart, link_or_copy, read_provenance, scan_dataset
 from .errors import MedsynthError
 
 # What a part keeps of its set's record: how it was drawn. Domain, classes and resolution are common.
@@ -69,6 +69,8 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
     out = Path(out)
     if out.resolve() in resolved:
         raise MedsynthError(f"--out {out} is one of the sets to join; choose a new folder")
+    for folder in folders:
+        check_out_apart(out, [folder], "the set")
     if out.exists() and not overwrite:
         raise MedsynthError(f"{out} already exists; choose a new folder or pass --overwrite to replace it")
 

@@ -270,3 +270,37 @@ def test_atomic_writes_are_readable_by_others(tmp_path):
     os.umask(umask)
     assert mode == 0o666 & ~umask and (tmp_path / "card.md").read_text() == "hello"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_dir_replaces_whole_or_leaves_the_old_folder(tmp_path, monkeypatch):
+    import os
+
+    from medsynth import atomic
+
+    target = tmp_path / "set"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):  # a failure while writing leaves the old folder and no temporary one
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"] and (target / "old.txt").read_text() == "old"
+
+    real_rename, calls = os.rename, []
+
+    def flaky_rename(src, dst):  # moving the old folder aside works; renaming the new one in fails
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", flaky_rename)
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"] and sorted(p.name for p in target.iterdir()) == ["old.txt"]
+
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["set"]

@@ -257,6 +257,8 @@ def test_merge_refuses_what_would_spoil_the_set(synthetic, tmp_path, capsys):
     assert main(["merge", syn, str(other), "--out", str(tmp_path / "o"), "--overwrite"]) == 0
     assert not (tmp_path / "o" / "stale.txt").exists() and len(list((tmp_path / "o" / "covid").iterdir())) == 6
     assert "is one of the sets to join" in error(syn, str(tmp_path / "o"), "--out", str(tmp_path / "o"), "--overwrite")
+    assert "lies inside the set" in error(syn, str(tmp_path / "o"), "--out", str(tmp_path / "o" / "covid"), "--overwrite")
+    assert len(list((tmp_path / "o" / "covid").iterdir())) == 6
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -304,6 +306,7 @@ def test_curate_keeps_what_a_real_trained_cnn_assigns_to_the_generated_class(cur
     assert cur["classifier"] == str(clf_dir) and cur["classifier_data"] == str(curation[0].parent / "train")
     assert cur["classifier_trained_on_synthetic"] is False and cur["source"] == str(syn)
     assert record["guidance"] == 2.0 and record["seed"] == 0  # how the set was drawn stays on record
+    assert record["n_per_class"] == 6  # as drawn; what was kept is in class_counts and curation
     rows = list(csv.DictReader(open(tmp_path / "c" / "labels.csv")))
     assert {r["file"] for r in rows} == kept
     assert all(abs(float(r["prob"]) - first[r["file"]]) < 1e-3 for r in rows) and all(r["seed"] for r in rows)
@@ -355,6 +358,18 @@ def test_curate_refuses_what_would_mislead(curation, synthetic, tmp_path, capsys
     assert "has no generation.json" in error(str(synthetic / "real"), "--classifier", str(clf_dir), *out)
     assert "--min-prob must be in [0, 1)" in error(str(syn), "--classifier", str(clf_dir), "--min-prob", "1", *out)
     assert "is the set being curated" in error(str(syn), "--classifier", str(clf_dir), "--out", str(syn))
+    # An --out inside the set (or holding it) would add a non-class folder to it, or delete it with --overwrite.
+    before = sorted(p.name for p in syn.iterdir())
+    for nested in (syn / "curated", syn / "covid", syn.parent):
+        assert "lies inside the set being curated" in error(str(syn), "--classifier", str(clf_dir), "--out",
+                                                            str(nested), "--overwrite")
+    assert sorted(p.name for p in syn.iterdir()) == before and "covid" in before
+    # A checkpoint without train_summary.json: what it learned from is unknown, so it is refused.
+    bare = tmp_path / "bare_clf"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((clf_dir / name).read_bytes())
+    assert "what it was trained on is unknown" in error(str(syn), "--classifier", str(bare), *out)
     assert "lower --min-prob" in error(str(syn), "--classifier", str(clf_dir), "--min-prob", "0.999999", *out)
     # A CNN trained on synthetic images would keep nearly everything: refused.
     syn_clf = tmp_path / "syn_clf"
