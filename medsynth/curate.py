@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import atomic
-from .data import PROVENANCE, check_out_apart, link_or_copy, read_provenance, scan_dataset
+from .data import PROVENANCE, check_out_apart, link_or_copy, read_synthetic_set, scan_dataset
 from .errors import MedsynthError
 from .io import load_image
 
@@ -72,12 +72,8 @@ def curate_set(
     if not 0.0 <= min_prob < 1.0:
         raise MedsynthError(f"--min-prob must be in [0, 1) (0 = keep whatever the classifier ranks first), got {min_prob}")
     data, out, checkpoint = Path(data), Path(out), Path(classifier)
-    if not data.is_dir():
-        raise MedsynthError(f"{data}: no such folder")
-    record = read_provenance(data)
-    if not record or not record.get("synthetic"):
-        raise MedsynthError(f"{data} has no {PROVENANCE}: curate filters labelled sets written by 'medsynth generate "
-                            "--n-per-class' or 'medsynth merge', and keeps real images out of synthetic-only training")
+    record = read_synthetic_set(data, "curate filters labelled sets written by 'medsynth generate --n-per-class' "
+                                      "or 'medsynth merge'")
     if out.resolve() == data.resolve():
         raise MedsynthError(f"--out {out} is the set being curated; choose a new folder")
     check_out_apart(out, [data], "the set being curated")

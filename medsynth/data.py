@@ -151,6 +151,18 @@ class ArrayDataset(torch.utils.data.Dataset):
         return x, self.labels[index]
 
 
+def read_synthetic_set(folder: Path, purpose: str) -> dict:
+    """The ``generation.json`` record of a labelled synthetic folder, or a clear error: ``purpose`` says
+    what the calling command does with such sets (e.g. "merge joins labelled sets written by ...")."""
+    if not folder.is_dir():
+        raise MedsynthError(f"{folder}: no such folder")
+    record = read_provenance(folder)
+    if not record or not record.get("synthetic"):
+        raise MedsynthError(f"{folder} has no {PROVENANCE}: {purpose}, and keeps real images out of synthetic-only "
+                            "training")
+    return record
+
+
 def check_out_apart(out: Path, sources: "list[Path]", what: str) -> None:
     """Refuse an output folder that is, holds or lies inside one of ``sources``: writing it (or
     replacing it with --overwrite) would add a non-class folder to a source or delete one."""

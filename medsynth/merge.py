@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import atomic
-from .data import PROVENANCE, check_out_apart, link_or_copy, read_provenance, scan_dataset
+from .data import PROVENANCE, check_out_apart, link_or_copy, read_synthetic_set, scan_dataset
 from .errors import MedsynthError
 
 # What a part keeps of its set's record: how it was drawn. Domain, classes and resolution are common.
@@ -69,20 +69,12 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
     out = Path(out)
     if out.resolve() in resolved:
         raise MedsynthError(f"--out {out} is one of the sets to join; choose a new folder")
-    for folder in folders:
-        check_out_apart(out, [folder], "the set")
+    check_out_apart(out, folders, "the set")
     if out.exists() and not overwrite:
         raise MedsynthError(f"{out} already exists; choose a new folder or pass --overwrite to replace it")
 
-    records = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise MedsynthError(f"{folder}: no such folder")
-        record = read_provenance(folder)
-        if not record or not record.get("synthetic"):
-            raise MedsynthError(f"{folder} has no {PROVENANCE}: merge joins labelled sets written by "
-                                "'medsynth generate --n-per-class', and keeps real images out of synthetic-only training")
-        records.append(record)
+    records = [read_synthetic_set(folder, "merge joins labelled sets written by 'medsynth generate --n-per-class'")
+               for folder in folders]
     first = records[0]
     for key in ("diffusion_domain", "classes", "resolution"):
         for folder, record in zip(folders[1:], records[1:]):
