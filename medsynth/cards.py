@@ -175,8 +175,8 @@ def _synthetic_note(record: dict | None) -> str:
                                                           record.get("diffusion_training_steps")):
             # A part drawn from another checkpoint (or another step of the same run) says which.
             text += f", from `{source[0]}`" + (f" at {source[1]} training steps" if source[1] else "")
-        if part is not record and part.get("curation") and part["curation"] != record.get("curation"):
-            text += f", {_curation_note(part['curation'])}"
+        if part is not record and part.get("curation"):
+            text += _part_curation(part["curation"], record.get("curation"))
         return text
 
     parts = record.get("parts") or [record]
@@ -193,16 +193,42 @@ def _synthetic_note(record: dict | None) -> str:
     )
 
 
+def _same_filter(a: dict | None, b: dict | None) -> bool:
+    """Two ``curate`` records of one pass: the same filter and rule, whatever counts each holds."""
+    skip = ("offered", "kept", "earlier")
+    return bool(a and b) and {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def _part_curation(curation: dict, whole: dict | None) -> str:
+    """A part's ``curate`` chain on the card: the pass that the whole set states already is given only by
+    its counts for this part, every other pass in full."""
+    text, pass_, first = "", curation, True
+    while pass_:
+        lead = ", " if first else "; before that, an earlier pass "
+        if _same_filter(pass_, whole):
+            kept, offered = pass_.get("kept") or {}, pass_.get("offered") or {}
+            text += (", curation" if first else "; before that, curation") + " kept " + ", ".join(
+                f"{c} {kept[c]} of {offered.get(c, '?')}" for c in kept)
+            whole = whole.get("earlier")
+        else:
+            text += lead + _curation_note({**pass_, "earlier": None})
+        pass_, first = pass_.get("earlier"), False
+    return text
+
+
 def _curation_note(curation: dict) -> str:
     """One ``curate`` record in words: which CNN filtered the images, trained on what, and what was kept."""
     kept, offered = curation.get("kept") or {}, curation.get("offered") or {}
     per_class = ", ".join(f"{c} {kept[c]} of {offered.get(c, '?')}" for c in kept)
     data = curation.get("classifier_data")
     threshold = f" with probability at least {curation['min_prob']}" if curation.get("min_prob") else ""
-    return (f"kept the images that `{curation.get('classifier')}`"
+    text = (f"kept the images that `{curation.get('classifier')}`"
             + (f", a CNN trained on the real images in `{data}`," if data else ", a CNN trained on real images,")
-            + f" ranks as their generated class{threshold} ({per_class}), so the set carries that CNN's knowledge of "
-            "real images, though no real image was trained on")
+            + f" ranks as their generated class{threshold}" + (f" ({per_class})" if per_class else "")
+            + ", so the set carries that CNN's knowledge of real images, though no real image was trained on")
+    if curation.get("earlier"):  # curated more than once: every filter, newest first
+        text += f"; before that, an earlier pass {_curation_note(curation['earlier'])}"
+    return text
 
 
 def diffusion_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dict]) -> str:

@@ -8,8 +8,9 @@ and keeps an image only if the classifier's most probable class is the one it wa
 
 The images stay synthetic, but the set now carries the filter's knowledge of real images, so the
 filter is recorded: ``generation.json`` gains a ``curation`` record (the classifier, the data it was
-trained on, the threshold, and what each class kept), which ``train-classifier`` copies onto the
-model card. For an honest train-on-synthetic / test-on-real score, train the filter on the same real
+trained on, the threshold, and what each class kept; an earlier filter under ``earlier``), which
+``train-classifier`` copies onto the model card. In a merged set each part gets the same record with
+its own counts, so a curated set stays truthful when it is merged again. For an honest train-on-synthetic / test-on-real score, train the filter on the same real
 training images the diffusion model learned from, never on the images the result is judged on.
 """
 
@@ -126,18 +127,7 @@ def curate_set(
             else:
                 fields = ["file", "class"]
     curated = {k: v for k, v in record.items() if k not in ("class_counts", "curation")}
-    if record.get("curation"):  # curated before: keep the earlier filter's record too
-        curated["earlier_curation"] = record["curation"]
     curated["class_counts"] = {c: kept[c] for c in classes}
-    if record.get("parts"):  # a merged set: what each draw kept, found by its file prefix (the longest that fits)
-        prefixes = sorted((p.get("file_prefix", "") for p in record["parts"]), key=len, reverse=True)
-        per_part = Counter((next(x for x in prefixes if s.path.name.startswith(x)), classes[s.label])
-                           for s, k in zip(samples, keep) if k and any(s.path.name.startswith(x) for x in prefixes))
-        curated["parts"] = [
-            {**part, "class_counts": {c: per_part[(part.get("file_prefix", ""), c)] for c in classes},
-             "class_counts_before_curation": part.get("class_counts")}
-            for part in record["parts"]
-        ]
     curated["curation"] = {
         "source": str(data),
         "classifier": str(checkpoint),
@@ -148,6 +138,22 @@ def curate_set(
         "offered": {c: offered[c] for c in classes},
         "kept": {c: kept[c] for c in classes},
     }
+    if record.get("curation"):  # curated before: the earlier filters stay on record, newest first
+        curated["curation"]["earlier"] = record["curation"]
+    if record.get("parts"):  # a merged set: each draw records what it kept, found by its file prefix (the longest that fits)
+        prefixes = sorted((p.get("file_prefix", "") for p in record["parts"]), key=len, reverse=True)
+        per_part = Counter((next(x for x in prefixes if s.path.name.startswith(x)), classes[s.label])
+                           for s, k in zip(samples, keep) if k and any(s.path.name.startswith(x) for x in prefixes))
+        parts = []
+        for part in record["parts"]:
+            counts = {c: per_part[(part.get("file_prefix", ""), c)] for c in classes}
+            # The same filter with this draw's own numbers, so the part stays true when it is merged again.
+            own = {k: v for k, v in curated["curation"].items() if k != "earlier"}
+            own.update(offered=part.get("class_counts"), kept=counts)
+            if part.get("curation"):
+                own["earlier"] = part["curation"]
+            parts.append({**part, "class_counts": counts, "curation": own})
+        curated["parts"] = parts
     with atomic.atomic_dir(out) as tmp:
         rows = []
         for sample, k, prob in zip(samples, keep, probs):

@@ -43,10 +43,12 @@ def _seeds(folder: Path) -> dict[str, int]:
 def _parts_of(folder: Path, record: dict) -> list[dict]:
     """The draws a set is made of: its own record, or the parts of a set that was itself merged."""
     if record.get("parts"):
-        parts = [dict(p) for p in record["parts"]]
-        if record.get("curation"):  # a merged set curated afterwards: each part was filtered by it
-            for part in parts:
-                part.setdefault("curation", record["curation"])
+        parts = [dict(p) for p in record["parts"]]  # a curated merged set: each part records its own curation
+        for part in parts:  # sets curated before parts did: the part's counts stood beside it
+            before = part.pop("class_counts_before_curation", None)
+            if record.get("curation") and before is not None and "curation" not in part:
+                part["curation"] = {k: v for k, v in record["curation"].items() if k != "earlier"} | {
+                    "offered": before, "kept": dict(part.get("class_counts") or {})}
         return parts
     return [{k: record[k] for k in _PART_KEYS if k in record} | {"folder": str(folder)}]
 

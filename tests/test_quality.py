@@ -328,9 +328,15 @@ def test_curate_keeps_what_a_real_trained_cnn_assigns_to_the_generated_class(cur
     card = (out / "README.md").read_text()
     assert "**Synthetic images only**" in card and "**Curated**: kept the images that" in card
     assert f"covid {cur['kept']['covid']} of 5" in card and "knowledge of real images" in card
-    # Curating a curated set keeps the first record; merging keeps each part's curation.
+    # Curating a curated set keeps every earlier record, newest first; merging keeps each part's curation.
     assert main(["curate", str(tmp_path / "c"), "--classifier", str(clf_dir), "--out", str(tmp_path / "cc")]) == 0
-    assert json.loads((tmp_path / "cc" / "generation.json").read_text())["earlier_curation"] == cur
+    assert main(["curate", str(tmp_path / "cc"), "--classifier", str(clf_dir), "--out", str(tmp_path / "ccc")]) == 0
+    third = json.loads((tmp_path / "ccc" / "generation.json").read_text())["curation"]
+    assert third["source"] == str(tmp_path / "cc") and third["earlier"]["source"] == str(tmp_path / "c")
+    assert third["earlier"]["earlier"] == cur and third["offered"] == third["kept"] == cur["kept"]
+    from medsynth.cards import _synthetic_note
+    note = _synthetic_note(json.loads((tmp_path / "ccc" / "generation.json").read_text()))
+    assert note.count("kept the images that") == 3 and note.count("before that, an earlier pass") == 2
     other = tmp_path / "other"
     make_dataset(other, CT, n_per_class=2, size=24, channels=1)
     (other / "generation.json").write_text(json.dumps({**json.loads((syn / "generation.json").read_text()),
@@ -344,7 +350,27 @@ def test_curate_keeps_what_a_real_trained_cnn_assigns_to_the_generated_class(cur
     names = [p.name for c in CT for p in (tmp_path / "mc" / c).iterdir()]
     assert [sum(p["class_counts"].values()) for p in record["parts"]] == \
         [sum(n.startswith("a_") for n in names), sum(n.startswith("b_") for n in names)]
-    assert record["parts"][1]["class_counts_before_curation"] == {"covid": 2, "non_covid": 2}
+    part_cur = [p["curation"] for p in record["parts"]]
+    assert [sum(c["kept"].values()) for c in part_cur] == [sum(p["class_counts"].values()) for p in record["parts"]]
+    assert part_cur[1]["offered"] == {"covid": 2, "non_covid": 2} and "earlier" not in part_cur[1]
+    assert part_cur[0]["offered"] == cur["kept"] and part_cur[0]["earlier"] == cur  # draw (a) was curated before
+    assert part_cur[0]["source"] == record["curation"]["source"] == str(tmp_path / "m")
+    note = _synthetic_note(record)  # the whole set's pass once in full, each part by its own counts
+    assert note.count("kept the images that") == 2 and note.count(", curation kept covid") == 2
+
+    # Merged again, each draw still says what its filters kept of it, not what they kept of the whole set.
+    other2 = tmp_path / "other2"
+    make_dataset(other2, CT, n_per_class=1, size=24, channels=1)
+    (other2 / "generation.json").write_text(json.dumps({**json.loads((syn / "generation.json").read_text()),
+                                                        "seed": 2000}))
+    assert main(["merge", str(tmp_path / "mc"), str(other2), "--out", str(tmp_path / "mm"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p.get("curation") for p in again["parts"][:2]] == part_cur and "curation" not in again["parts"][2]
+    assert "curation" not in again and "class_counts_before_curation" not in again["parts"][0]
+    note = _synthetic_note(again)
+    assert "**Curated**" not in note and note.count("kept the images that") == 3
+    offered_b = part_cur[1]["offered"]
+    assert "(" + ", ".join(f"{c} {n} of {offered_b[c]}" for c, n in part_cur[1]["kept"].items()) + ")" in note
 
 
 def test_curate_refuses_what_would_mislead(curation, synthetic, tmp_path, capsys):
