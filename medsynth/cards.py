@@ -170,6 +170,9 @@ def _synthetic_note(record: dict | None) -> str:
                 f"steps, guidance scale {part.get('guidance')}, seeds from {part.get('seed')}")
         if part.get("start_log_snr") is not None and part["start_log_snr"] != START_LOG_SNR:
             text += f", starting at log-SNR {part['start_log_snr']}"
+        if part.get("start_from") == "prior":
+            text += (", each started from a coarse 8x8 layout drawn from a Gaussian fitted to its class's training "
+                     "images (`--start-from prior`)")
         source = (part.get("diffusion_checkpoint"), part.get("diffusion_training_steps"))
         if part is not record and source[0] and source != (record.get("diffusion_checkpoint"),
                                                           record.get("diffusion_training_steps")):

@@ -393,7 +393,7 @@ def _cmd_train_diffusion(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .diffusion import SAMPLERS, START_LOG_SNR
+    from .diffusion import SAMPLERS, START_LOG_SNR, STARTS
 
     p = sub.add_parser(
         "generate",
@@ -418,6 +418,11 @@ def _add_generate(sub) -> None:
                    help="the noisiest log-SNR sampling starts at, in [-12, 0]; lower starts earlier, from more noise, "
                         "and leaves more of each image's coarse layout to the network (default %(default)s: t = 858 "
                         "of the cosine schedule)")
+    p.add_argument("--start-from", choices=list(STARTS), default="mean",
+                   help="what lies under the starting noise: the class's mean colour, or a coarse 8x8 layout drawn "
+                        "from a Gaussian fitted to its training images (the checkpoint's start_prior.safetensors; "
+                        "add one with 'medsynth start-prior'), which varies the samples' layout as real images "
+                        "vary (default %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
@@ -455,7 +460,8 @@ def _cmd_generate(args) -> int:
         part = f"labels.{state.process_index}.csv"
         summary = generate_to_folder(pipe, mine, args.out, args.sampler, args.steps, args.guidance, args.batch_size,
                                      labelled=args.n_per_class is not None, progress=state.is_main_process,
-                                     labels_name=part, start_log_snr=args.start_log_snr)
+                                     labels_name=part, start_log_snr=args.start_log_snr,
+                                     start_from=args.start_from)
         state.wait_for_everyone()
         if not state.is_main_process:
             return 0
@@ -467,13 +473,13 @@ def _cmd_generate(args) -> int:
     else:
         summary = generate_to_folder(pipe, jobs, args.out, args.sampler, args.steps, args.guidance, args.batch_size,
                                      labelled=args.n_per_class is not None, progress=not args.json,
-                                     start_log_snr=args.start_log_snr)
+                                     start_log_snr=args.start_log_snr, start_from=args.start_from)
     if args.n_per_class is not None:  # provenance of a synthetic dataset; train-classifier puts it on its card
         from .data import write_provenance
 
         write_provenance(args.out, args.checkpoint, pipe, n_per_class=args.n_per_class, sampler=args.sampler,
                          steps=args.steps, guidance=args.guidance, seed=args.seed, start_log_snr=args.start_log_snr,
-                         seconds=summary["seconds"])
+                         start_from=args.start_from, seconds=summary["seconds"])
     if args.json:
         print(json.dumps(summary))
     else:
@@ -633,6 +639,34 @@ def _cmd_class_means(args) -> int:
     return 0
 
 
+def _add_start_prior(sub) -> None:
+    p = sub.add_parser(
+        "start-prior",
+        help="add start_prior.safetensors to a diffusion checkpoint trained before medsynth wrote it",
+        description="'generate --start-from prior' starts each sample from a coarse 8x8 layout drawn from a Gaussian "
+        "fitted to its class's training images (mean and top principal directions; no image is stored). "
+        "train-diffusion writes it; this computes it for an older checkpoint from the images it trained on "
+        "(those its split.json lists, if it has one).",
+    )
+    p.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder")
+    p.add_argument("--data", required=True, help="the labelled <class>/<images> folder the model trained on")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_cmd_start_prior)
+
+
+def _cmd_start_prior(args) -> int:
+    from .train_diffusion import add_start_prior
+
+    result = add_start_prior(args.checkpoint, args.data, show=not args.json and _is_main_process())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in result["class_counts"].items())
+        print(f"wrote {result['file']}: a {result['grid']}x{result['grid']} start prior from {result['images']} "
+              f"training images ({counts})")
+    return 0
+
+
 def _add_card(sub) -> None:
     p = sub.add_parser(
         "card",
@@ -697,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_merge, _add_curate, _add_split, _add_quality, _add_class_means, _add_card, _add_domains):
+                _add_merge, _add_curate, _add_split, _add_quality, _add_class_means, _add_start_prior, _add_card, _add_domains):
         add(sub)
     return parser
 

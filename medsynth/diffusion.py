@@ -11,6 +11,7 @@ samples with ``ddpm`` (the full 1000-step ancestral chain), ``ddim`` or ``dpmpp`
 (DPM-Solver++ multistep), and a sampler choice never leaks into another call.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -85,6 +86,83 @@ def make_noise_scheduler(prediction_type: str = "epsilon", num_train_timesteps: 
 #: at t = 999 from pure noise, 25 % recognised (chance) with random hues; at t = 858 with the mean colour,
 #: 87.5 % and the real images' colour. See benchmarks/RESULTS.md.
 START_LOG_SNR = -1.5
+
+#: Where sampling starts, besides the noise: "mean" puts each class's mean colour under the noise at
+#: START_LOG_SNR; "prior" puts a coarse image drawn from a Gaussian fitted to the class's training images
+#: at PRIOR_GRID x PRIOR_GRID px (``start_prior.safetensors``). The real marginal at that noise level still
+#: shows each image's coarse layout, and a flat start leaves every layout to the network's first steps,
+#: which make them alike; the prior restores that variety without storing any training image.
+STARTS = ("mean", "prior")
+PRIOR_FILE = "start_prior.safetensors"
+PRIOR_GRID = 8
+PRIOR_RANK = 32
+
+
+def coarse_prior(images: np.ndarray, labels: Sequence[int], num_classes: int, grid: int = PRIOR_GRID,
+                 rank: int = PRIOR_RANK) -> dict[str, torch.Tensor]:
+    """Per class, a Gaussian over the training images reduced to ``grid`` x ``grid`` (box average), in [-1, 1].
+
+    Returns ``mean`` (K, C*grid*grid) and ``basis`` (K, rank, C*grid*grid), the top principal directions
+    scaled by their standard deviations, so ``mean[k] + n @ basis[k]`` with n ~ N(0, I) is a draw. Only
+    these statistics are kept, never an image; a class with fewer than 2 images gets a zero basis.
+    """
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    if h % grid or w % grid:
+        raise MedsynthError(f"the start prior needs a resolution divisible by {grid}, got {h}x{w}")
+    small = images.astype(np.float64).reshape(n, grid, h // grid, grid, w // grid, c).mean((2, 4)) / 127.5 - 1
+    flat = small.transpose(0, 3, 1, 2).reshape(n, -1)  # (N, C*grid*grid), channel-major like the network
+    labels = np.asarray(labels)
+    d = flat.shape[1]
+    means, bases = np.zeros((num_classes, d)), np.zeros((num_classes, rank, d))
+    for k in range(num_classes):
+        x = flat[labels == k]
+        if not len(x):
+            continue
+        means[k] = x.mean(0)
+        if len(x) < 2:
+            continue
+        _, sv, vt = np.linalg.svd(x - means[k], full_matrices=False)
+        r = min(rank, len(sv))
+        bases[k, :r] = vt[:r] * (sv[:r] / np.sqrt(len(x) - 1))[:, None]
+    return {"mean": torch.tensor(means, dtype=torch.float32), "basis": torch.tensor(bases, dtype=torch.float32),
+            "grid": torch.tensor(grid), "images": torch.tensor(n)}
+
+
+def save_prior(prior: dict[str, torch.Tensor], folder: str | Path, classes: Sequence[str]) -> Path:
+    """Write ``coarse_prior``'s tensors (and ``images``, the count it was fitted on, if given) atomically."""
+    from safetensors.torch import save_file
+
+    from . import atomic
+
+    path = Path(folder) / PRIOR_FILE
+    meta = {"classes": json.dumps(list(classes)), "images": str(int(prior.get("images", 0)))}
+    prior = {k: prior[k] for k in ("mean", "basis")}
+    atomic.write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in prior.items()}, str(tmp), metadata=meta))
+    return path
+
+
+def load_prior(folder: str | Path, classes: Sequence[str], channels: int) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's start prior, or None when it has none; a file that does not match it is an error."""
+    from safetensors import safe_open
+
+    path = Path(folder) / PRIOR_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            prior = {k: fh.get_tensor(k) for k in ("mean", "basis")}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise MedsynthError(f"{path} cannot be read ({exc}); rebuild it with 'medsynth start-prior'") from None
+    k, d = prior["mean"].shape
+    grid = int(round((d / channels) ** 0.5))
+    if json.loads(meta.get("classes", "[]")) != list(classes) or grid * grid * channels != d:
+        raise MedsynthError(f"{path} was made for other classes or channels than this checkpoint; rebuild it with "
+                            "'medsynth start-prior --checkpoint ... --data TRAINING_FOLDER'")
+    prior["grid"] = torch.tensor(grid)
+    prior["images"] = torch.tensor(int(meta.get("images", "0") or 0))
+    return prior
 
 
 def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -178,6 +256,7 @@ class ClassConditionalPipeline(_pipeline_base()):
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         output_type: str = "np",
         start_log_snr: float = START_LOG_SNR,
+        start_from: str = "mean",
     ):
         """Sample one image per label. Returns uint8 (N, H, W, C) for ``output_type="np"``,
         a float tensor in [0, 1] for ``"pt"``, or a list of PIL images for ``"pil"``.
@@ -186,6 +265,7 @@ class ClassConditionalPipeline(_pipeline_base()):
         own generator, whatever else is in the batch). ``callback(step, total, preview)`` gets the
         current estimate of the clean images, in [0, 1], after every step. ``start_log_snr``: the
         noisiest log-SNR that sampling starts at (see ``START_LOG_SNR``); lower starts earlier, from more noise.
+        ``start_from``: what lies under the starting noise, "mean" or "prior" (see ``STARTS``).
         """
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -199,6 +279,13 @@ class ClassConditionalPipeline(_pipeline_base()):
         if not -12.0 <= float(start_log_snr) <= 0.0:
             raise MedsynthError(f"start log-SNR must be in [-12, 0] (the default {START_LOG_SNR} starts at t = 858 of "
                                 f"the cosine schedule; lower starts from more noise), got {start_log_snr}")
+        if start_from not in STARTS:
+            raise MedsynthError(f"start must be one of {', '.join(STARTS)}, got {start_from!r}")
+        prior = getattr(self, "start_prior", None)
+        if start_from == "prior" and prior is None:
+            raise MedsynthError(f"this checkpoint has no {PRIOR_FILE}, so sampling cannot start from the coarse prior; "
+                                "add it with 'medsynth start-prior --checkpoint CHECKPOINT --data TRAINING_FOLDER', "
+                                "or start from the class mean")
         scheduler = sampler_scheduler(sampler, self.scheduler.config, start_log_snr)
         unet = self.unet
         size = unet.config.sample_size
@@ -217,7 +304,18 @@ class ClassConditionalPipeline(_pipeline_base()):
         a0 = alphas_cumprod[int(scheduler.timesteps[0])].float()
         x = randn_tensor(shape, generator=generator, device=self.device, dtype=unet.dtype)
         x = x * (1 - a0).sqrt()
-        if self.config.get("class_means"):
+        if start_from == "prior":
+            # Each image's coarse draw comes from its own generator, after its noise, so the noise is the
+            # same as with the mean start and image i still depends only on generator i.
+            gens = generator if isinstance(generator, list) else [generator] * len(labels)
+            basis, grid = prior["basis"].to(self.device, x.dtype), int(prior["grid"])
+            coeff = torch.stack([torch.randn(basis.shape[1], generator=g, device=self.device, dtype=x.dtype)
+                                 for g in gens])
+            coarse = prior["mean"].to(self.device, x.dtype)[labels] + torch.einsum("nr,nrd->nd", coeff, basis[labels])
+            coarse = coarse.reshape(len(labels), shape[1], grid, grid).clamp(-1, 1)
+            coarse = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+            x = x + a0.sqrt() * coarse
+        elif self.config.get("class_means"):
             means = torch.tensor(self.config["class_means"], device=self.device, dtype=x.dtype)
             x = x + a0.sqrt() * means[labels][:, :, None, None]
         guided = guidance_scale != 1.0
@@ -278,6 +376,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Class
     except (OSError, ValueError) as exc:
         raise MedsynthError(f"{path}: diffusion checkpoint cannot be loaded ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
+    pipe.start_prior = load_prior(path, pipe.classes, pipe.unet.config.in_channels)
     if not pipe.config.get("class_means"):
         import warnings
 
@@ -307,6 +406,8 @@ def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.
         ClassConditionalPipeline(unet=unet, scheduler=pipe.scheduler, domain=pipe.config.domain,
                                  classes=pipe.classes, class_means=pipe.config.get("class_means")
                                  ).save_pretrained(staging, safe_serialization=True)
+        if getattr(pipe, "start_prior", None) is not None:
+            save_prior(pipe.start_prior, staging, pipe.classes)
         # model_index.json goes last: a folder that has it is a complete checkpoint (readers rely on that).
         files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == "model_index.json", str(p)))
         umask = os.umask(0)

@@ -33,6 +33,7 @@ def generate_to_folder(
     on_batch: Callable[[int, int], None] | None = None,
     labels_name: str = "labels.csv",
     start_log_snr: float = START_LOG_SNR,
+    start_from: str = "mean",
 ) -> dict:
     """Generate one image per (class name, seed) job and save PNGs; returns SPEC's summary.
 
@@ -54,7 +55,8 @@ def generate_to_folder(
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed) for _, seed in chunk]
         images = pipe([c for c, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generators, sampler=sampler, start_log_snr=start_log_snr)
+                      generator=generators, sampler=sampler, start_log_snr=start_log_snr,
+                      start_from=start_from)
         for (cls, seed), array in zip(chunk, images):
             rel = Path(cls) / f"{cls}_{seed:06d}.png" if labelled else Path(f"{cls}_{seed:06d}.png")
             img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)

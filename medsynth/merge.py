@@ -22,9 +22,10 @@ from .errors import MedsynthError
 
 # What a part keeps of its set's record: how it was drawn. Domain, classes and resolution are common.
 _PART_KEYS = ("diffusion_checkpoint", "diffusion_training_steps", "n_per_class", "sampler", "steps", "guidance",
-              "start_log_snr", "seed", "seconds", "curation")
+              "start_log_snr", "start_from", "seed", "seconds", "curation")
 # Two sets drawn with all of these equal and overlapping seeds hold the same images twice.
-_SAME_DRAW = ("diffusion_checkpoint", "diffusion_training_steps", "sampler", "steps", "guidance", "start_log_snr")
+_SAME_DRAW = ("diffusion_checkpoint", "diffusion_training_steps", "sampler", "steps", "guidance", "start_log_snr",
+              "start_from")
 
 
 def _prefix(index: int) -> str:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .diffusion import START_LOG_SNR
 from .errors import MedsynthError
 
 FEATURE_NAME = "FD-Lite0 (Fréchet distance of ImageNet EfficientNet-Lite0 pooled features, 224 px)"
@@ -157,7 +158,11 @@ def quality_markdown(result: dict, synthetic: str, real: str, reference: str | N
     if generation:
         how = (f" The synthetic set: {generation.get('n_per_class')} images per class, sampler "
                f"`{generation.get('sampler')}` with {generation.get('steps')} steps, guidance scale "
-               f"{generation.get('guidance')}, seeds from {generation.get('seed')}.")
+               f"{generation.get('guidance')}, seeds from {generation.get('seed')}"
+               + (f", starting at log-SNR {generation['start_log_snr']}"
+                  if generation.get("start_log_snr") not in (None, START_LOG_SNR) else "")
+               + (" from the coarse start prior (`--start-from prior`)" if generation.get("start_from") == "prior" else "")
+               + ".")
     lines = [
         CARD_SECTION, "",
         f"{result['feature']}, lower is better; both sides square-resized to {result['resolution']} px first. "

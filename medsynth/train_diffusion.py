@@ -124,13 +124,9 @@ def class_means(images: np.ndarray, labels: Sequence[int], num_classes: int) -> 
     return out
 
 
-def add_class_means(checkpoint: str | Path, data: str | Path, show: bool = False) -> dict:
-    """Record ``class_means`` in a diffusion checkpoint trained before train-diffusion wrote them.
-
-    ``data`` is the labelled folder the model trained on. When the checkpoint has ``split.json``,
-    only its training images count, matched by class folder and file name, so a dataset that has
-    moved since still works. Rewrites ``model_index.json`` atomically; returns a summary.
-    """
+def _training_images(checkpoint: str | Path, data: str | Path, show: bool):
+    """The images a diffusion checkpoint trained on, at its resolution: (model_index, classes, images,
+    labels, whether split.json chose them)."""
     checkpoint = Path(checkpoint)
     index_file, unet_file = checkpoint / "model_index.json", checkpoint / "unet" / "config.json"
     if not (index_file.is_file() and unet_file.is_file()):
@@ -153,11 +149,35 @@ def add_class_means(checkpoint: str | Path, data: str | Path, show: bool = False
                 "pass the folder this model was trained on"
             )
     images = load_resized(samples, unet_config["in_channels"], unet_config["sample_size"], show, "reading training images")
-    means = class_means(images, [s.label for s in samples], len(classes))
+    return index, classes, images, [s.label for s in samples], used_split
+
+
+def add_class_means(checkpoint: str | Path, data: str | Path, show: bool = False) -> dict:
+    """Record ``class_means`` in a diffusion checkpoint trained before train-diffusion wrote them.
+
+    ``data`` is the labelled folder the model trained on. When the checkpoint has ``split.json``,
+    only its training images count, matched by class folder and file name, so a dataset that has
+    moved since still works. Rewrites ``model_index.json`` atomically; returns a summary.
+    """
+    index, classes, images, labels, used_split = _training_images(checkpoint, data, show)
+    means = class_means(images, labels, len(classes))
     index["class_means"] = means
-    atomic.write_json(index_file, index)
-    return {"checkpoint": str(checkpoint), "images": len(samples), "from_split": used_split,
+    atomic.write_json(Path(checkpoint) / "model_index.json", index)
+    return {"checkpoint": str(checkpoint), "images": len(labels), "from_split": used_split,
             "class_means": dict(zip(classes, means))}
+
+
+def add_start_prior(checkpoint: str | Path, data: str | Path, show: bool = False) -> dict:
+    """Write ``start_prior.safetensors`` (see ``diffusion.STARTS``) into a diffusion checkpoint trained
+    before train-diffusion wrote it, from the images it trained on (those its ``split.json`` lists)."""
+    from .diffusion import coarse_prior, save_prior
+
+    _, classes, images, labels, used_split = _training_images(checkpoint, data, show)
+    prior = coarse_prior(images, labels, len(classes))
+    path = save_prior(prior, checkpoint, classes)
+    counts = np.bincount(labels, minlength=len(classes))
+    return {"checkpoint": str(checkpoint), "file": str(path), "images": len(labels), "from_split": used_split,
+            "grid": int(prior["grid"]), "class_counts": dict(zip(classes, map(int, counts)))}
 
 
 def _flips(domain) -> torch.nn.Module:
@@ -243,6 +263,10 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     images = load_resized(train_samples, domain.channels, resolution, show, "loading training images")
     counts = np.bincount([s.label for s in train_samples], minlength=domain.num_classes)
     means = class_means(images, [s.label for s in train_samples], domain.num_classes)
+    from .diffusion import PRIOR_GRID, coarse_prior
+
+    start_prior = coarse_prior(images, [s.label for s in train_samples], domain.num_classes) \
+        if resolution % PRIOR_GRID == 0 else None
     flips = _flips(domain)
     dataset = ArrayDataset(images, [s.label for s in train_samples], torch.nn.Sequential(flips, ToSymmetric()))
     loader = torch.utils.data.DataLoader(
@@ -299,8 +323,10 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
 
     def ema_pipeline() -> ClassConditionalPipeline:
         ema.copy_to(sample_unet.parameters())
-        return ClassConditionalPipeline(unet=sample_unet, scheduler=noise_scheduler, domain=domain.key,
+        pipe = ClassConditionalPipeline(unet=sample_unet, scheduler=noise_scheduler, domain=domain.key,
                                         classes=list(domain.classes), class_means=means)
+        pipe.start_prior = start_prior
+        return pipe
 
     def save_all(final: bool = False) -> None:
         """Training state for --resume, then the EMA pipeline, the grid and the card."""

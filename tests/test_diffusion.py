@@ -449,3 +449,74 @@ def test_class_means_command_restores_what_training_records(tmp_path, ct_data, c
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_pipeline(run).config.class_means == recorded
+
+
+def test_coarse_prior_fits_the_training_images_at_8x8():
+    """The prior is a Gaussian over box-averaged 8x8 thumbnails per class: its mean is the classes' mean
+    thumbnail, and its basis reproduces their covariance (here: two layouts, left-bright and right-bright)."""
+    from medsynth.diffusion import coarse_prior
+
+    images = np.zeros((6, 16, 16, 1), np.uint8)
+    images[:2, :, :8] = 255  # class 0: left half bright ...
+    images[2:4, :, 8:] = 255  # ... or right half bright
+    images[4:] = 255  # class 1: all bright
+    prior = coarse_prior(images, [0, 0, 0, 0, 1, 1], 3, grid=8, rank=4)
+    assert prior["mean"].shape == (3, 64) and prior["basis"].shape == (3, 4, 64) and int(prior["grid"]) == 8
+    torch.testing.assert_close(prior["mean"][0], torch.zeros(64))  # half left, half right: grey on average
+    torch.testing.assert_close(prior["mean"][1], torch.ones(64))
+    assert not prior["basis"][1].any() and not prior["basis"][2].any()  # no variation, and an empty class
+    x = torch.tensor(images[:4, ::2, ::2, 0].reshape(4, 64) / 127.5 - 1, dtype=torch.float64)
+    cov = torch.cov(x.T)
+    basis = prior["basis"][0].double()
+    torch.testing.assert_close(basis.T @ basis, cov, atol=1e-5, rtol=1e-5)
+    with pytest.raises(MedsynthError, match="divisible by 8"):
+        coarse_prior(np.zeros((2, 12, 12, 1), np.uint8), [0, 1], 2)
+
+
+def test_sampling_from_the_start_prior(tmp_path, ct_data, capsys):
+    """train-diffusion writes start_prior.safetensors; 'generate --start-from prior' starts each image from
+    its own coarse draw (same seed, same image), records it, and a checkpoint without the file says how to add it."""
+    from medsynth.diffusion import PRIOR_FILE
+
+    train_diffusion(_recipe(tmp_path, ct_data, max_steps=1))
+    run = tmp_path / "run"
+    pipe = load_pipeline(run)
+    assert (run / PRIOR_FILE).is_file() and pipe.start_prior["mean"].shape == (2, 64)
+    assert int(pipe.start_prior["images"]) == len(json.loads((run / "split.json").read_text())["train"])
+    labels = ["covid", "non_covid"] * 2
+    a = pipe(labels, 2, generator=[_gen(i) for i in range(4)], sampler="dpmpp_sde", start_from="prior")
+    b = pipe(labels[:2], 2, generator=[_gen(i) for i in range(2)], sampler="dpmpp_sde", start_from="prior")
+    mean = pipe(labels, 2, generator=[_gen(i) for i in range(4)], sampler="dpmpp_sde")
+    np.testing.assert_array_equal(a[:2], b)  # image i depends on its own generator only
+    assert not np.array_equal(a, mean)
+    with pytest.raises(MedsynthError, match="start must be one of mean, prior"):
+        pipe(labels, 2, start_from="image")
+
+    out = tmp_path / "syn"
+    assert main(["generate", "--checkpoint", str(run), "--n-per-class", "2", "--steps", "2", "--start-from", "prior",
+                 "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "generation.json").read_text())["start_from"] == "prior"
+    from medsynth.cards import _synthetic_note
+
+    assert "`--start-from prior`" in _synthetic_note(json.loads((out / "generation.json").read_text()))
+
+    # An older checkpoint: generate refuses with the fix, and 'start-prior' writes the same file training does.
+    written = (run / PRIOR_FILE).read_bytes()
+    (run / PRIOR_FILE).unlink()
+    assert main(["generate", "--checkpoint", str(run), "--n-per-class", "1", "--steps", "2", "--start-from", "prior",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "medsynth start-prior --checkpoint" in capsys.readouterr().err
+    assert main(["start-prior", "--checkpoint", str(run), "--data", str(ct_data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["from_split"] and result["grid"] == 8 and sum(result["class_counts"].values()) == result["images"]
+    np.testing.assert_array_equal(load_pipeline(run).start_prior["basis"].numpy(), pipe.start_prior["basis"].numpy())
+    assert len((run / PRIOR_FILE).read_bytes()) == len(written)
+    # saving the pipeline again keeps the prior; a file for other classes is refused on loading
+    save_pipeline(load_pipeline(run), tmp_path / "copy")
+    assert (tmp_path / "copy" / PRIOR_FILE).read_bytes() == (run / PRIOR_FILE).read_bytes()
+    index = json.loads((tmp_path / "copy" / "model_index.json").read_text())
+    index["classes"] = ["a", "b"]
+    (tmp_path / "copy" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(MedsynthError, match="made for other classes"):
+        load_pipeline(tmp_path / "copy")

@@ -107,6 +107,11 @@ def test_diffusion_loads_and_generates(key):
                   generator=[torch.Generator().manual_seed(0)])
     size = pipe.unet.config.sample_size
     assert images.shape == (1, size, size, domain.channels) and images.dtype == np.uint8
+    # every shipped model carries the coarse start prior of its training split ('generate --start-from prior')
+    assert pipe.start_prior is not None and int(pipe.start_prior["images"]) == len(
+        json.loads((folder / "split.json").read_text())["train"])
+    assert pipe([domain.classes[0]], num_inference_steps=2, sampler="dpmpp", start_from="prior",
+                generator=[torch.Generator().manual_seed(0)]).shape == images.shape
 
     header = card_header(folder / "README.md")
     assert header["library_name"] == "diffusers"
