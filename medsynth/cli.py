@@ -612,59 +612,60 @@ def _cmd_quality(args) -> int:
     return 0
 
 
+def _add_training_stats(sub, name: str, help: str, description: str, func) -> None:
+    """A command that adds to a diffusion checkpoint what train-diffusion records from its training images."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder")
+    p.add_argument("--data", required=True, help="the labelled <class>/<images> folder the model trained on")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=func)
+
+
 def _add_class_means(sub) -> None:
-    p = sub.add_parser(
-        "class-means",
+    _add_training_stats(
+        sub, "class-means",
         help="record class_means in a diffusion checkpoint trained before medsynth wrote them",
         description="Sampling starts from each class's mean colour, which train-diffusion records in "
         "model_index.json. A checkpoint trained before that samples from mid-grey, with wrong colours; this "
         "computes the means from the images it trained on (those its split.json lists, if it has one) and "
         "writes them into model_index.json.",
+        func=_cmd_class_means,
     )
-    p.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder")
-    p.add_argument("--data", required=True, help="the labelled <class>/<images> folder the model trained on")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.set_defaults(func=_cmd_class_means)
+
+
+def _add_start_prior(sub) -> None:
+    _add_training_stats(
+        sub, "start-prior",
+        help="add start_prior.safetensors to a diffusion checkpoint trained before medsynth wrote it",
+        description="'generate --start-from prior' starts each sample from a coarse 8x8 layout drawn from a Gaussian "
+        "fitted to its class's training images (mean and top principal directions; no image is stored). "
+        "train-diffusion writes it; this computes it for an older checkpoint from the images it trained on "
+        "(those its split.json lists, if it has one).",
+        func=_cmd_start_prior,
+    )
+
+
+def _report(args, result: dict, line: str) -> int:
+    print(json.dumps(result) if args.json else line)
+    return 0
 
 
 def _cmd_class_means(args) -> int:
     from .train_diffusion import add_class_means
 
     result = add_class_means(args.checkpoint, args.data, show=not args.json and _is_main_process())
-    if args.json:
-        print(json.dumps(result))
-    else:
-        means = "; ".join(f"{k} {', '.join(f'{v:+.3f}' for v in m)}" for k, m in result["class_means"].items())
-        print(f"wrote class_means of {result['images']} training images to {Path(args.checkpoint) / 'model_index.json'}: {means}")
-    return 0
-
-
-def _add_start_prior(sub) -> None:
-    p = sub.add_parser(
-        "start-prior",
-        help="add start_prior.safetensors to a diffusion checkpoint trained before medsynth wrote it",
-        description="'generate --start-from prior' starts each sample from a coarse 8x8 layout drawn from a Gaussian "
-        "fitted to its class's training images (mean and top principal directions; no image is stored). "
-        "train-diffusion writes it; this computes it for an older checkpoint from the images it trained on "
-        "(those its split.json lists, if it has one).",
-    )
-    p.add_argument("--checkpoint", required=True, help="diffusion checkpoint folder")
-    p.add_argument("--data", required=True, help="the labelled <class>/<images> folder the model trained on")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.set_defaults(func=_cmd_start_prior)
+    means = "; ".join(f"{k} {', '.join(f'{v:+.3f}' for v in m)}" for k, m in result["class_means"].items())
+    return _report(args, result, f"wrote class_means of {result['images']} training images to "
+                                 f"{Path(args.checkpoint) / 'model_index.json'}: {means}")
 
 
 def _cmd_start_prior(args) -> int:
     from .train_diffusion import add_start_prior
 
     result = add_start_prior(args.checkpoint, args.data, show=not args.json and _is_main_process())
-    if args.json:
-        print(json.dumps(result))
-    else:
-        counts = ", ".join(f"{k} {v}" for k, v in result["class_counts"].items())
-        print(f"wrote {result['file']}: a {result['grid']}x{result['grid']} start prior from {result['images']} "
-              f"training images ({counts})")
-    return 0
+    counts = ", ".join(f"{k} {v}" for k, v in result["class_counts"].items())
+    return _report(args, result, f"wrote {result['file']}: a {result['grid']}x{result['grid']} start prior from "
+                                 f"{result['images']} training images ({counts})")
 
 
 def _add_card(sub) -> None:
