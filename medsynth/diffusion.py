@@ -309,8 +309,9 @@ class ClassConditionalPipeline(_pipeline_base()):
             # same as with the mean start and image i still depends only on generator i.
             gens = generator if isinstance(generator, list) else [generator] * len(labels)
             basis, grid = prior["basis"].to(self.device, x.dtype), int(prior["grid"])
-            coeff = torch.stack([torch.randn(basis.shape[1], generator=g, device=self.device, dtype=x.dtype)
-                                 for g in gens])
+            coeff = torch.stack([  # drawn where the generator lives (CPU generators also drive GPU sampling)
+                torch.randn(basis.shape[1], generator=g, device=g.device if g is not None else self.device,
+                            dtype=torch.float32) for g in gens]).to(self.device, x.dtype)
             coarse = prior["mean"].to(self.device, x.dtype)[labels] + torch.einsum("nr,nrd->nd", coeff, basis[labels])
             coarse = coarse.reshape(len(labels), shape[1], grid, grid).clamp(-1, 1)
             coarse = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
