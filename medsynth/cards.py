@@ -278,6 +278,12 @@ pipe = load_pipeline("PATH")
 images = pipe(["{domain.classes[0]}"] * 4, num_inference_steps=20, sampler="dpmpp")  # uint8 (4, H, W, C)
 ```
 
+Sampling starts at log-SNR {START_LOG_SNR} around each class's mean colour (`class_means` in
+`model_index.json`). With `--start-from prior` (`start_from="prior"`) it starts instead from a coarse
+8x8 layout drawn per sample from a Gaussian fitted to the class's training images
+(`start_prior.safetensors`: mean thumbnail and top principal directions, no image), which varies the
+samples' layout as real images vary.
+
 ## Data
 
 - Training folder: `{recipe.data}`: {info['n_train']} images ({counts}); {info['n_val']} images
