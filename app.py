@@ -101,7 +101,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
     # -- callbacks (thin: parse UI values, call the service, shape the outputs) --------------------
     @_user_error
-    def do_generate(domain, class_choice, count, sampler, steps, guidance, seed, model="diffusion",
+    def do_generate(domain, class_choice, count, sampler, steps, guidance, seed, model="diffusion", start="mean",
                     progress=gr.Progress()):
         # The sampler runs in a worker thread; its per-step x0 estimates stream into the preview.
         updates: queue.Queue = queue.Queue()
@@ -116,7 +116,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         def work():
             try:
                 result["items"] = service.generate(store, domain, class_choice, int(count), sampler, int(steps),
-                                                   float(guidance), int(seed), on_step, model or "diffusion")
+                                                   float(guidance), int(seed), on_step, model or "diffusion",
+                                                   start or "mean")
             except Exception as exc:  # re-raised in the event handler below
                 result["error"] = exc
             finally:
@@ -142,7 +143,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         zip_path = service.write_zip(items, Path(tempfile.mkdtemp(dir=work_dir)) / f"{domain}_seed{items[0].seed}.zip",
                                      domain)
         gallery = [(service.to_display(it.image), it.caption) for it in items]
-        status = f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)})"
+        status = (f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)}"
+                  + (", started from the coarse prior)" if start == "prior" else ")"))
         yield service.to_display(items[0].image), gallery, str(zip_path), status, {"domain": domain, "items": items}
 
     def selected_index(evt: gr.SelectData) -> int:
@@ -246,6 +248,9 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                         g_sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp", label="sampler")
                         g_steps = gr.Slider(1, service.MAX_STEPS, value=20, step=1, label="steps")
                         g_guidance = gr.Slider(0.0, 8.0, value=1.0, step=0.5, label="guidance (1 = none)")
+                        g_start = gr.Radio(["mean", "prior"], value="mean", label="start from",
+                                           info="the class's mean colour, or a coarse layout drawn from the training "
+                                                "images' prior (more varied)")
                         with gr.Row():
                             g_seed = gr.Number(0, precision=0, label="seed")
                             g_dice = gr.Button("random seed", scale=0)
@@ -262,7 +267,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 g_domain.change(lambda d: gr.Dropdown(choices=class_choices(d), value="all classes"), g_domain, g_class,
                                 api_name="generate_classes")
                 g_dice.click(lambda: random.randint(0, 2**31 - 1), None, g_seed, api_name="random_seed")
-                g_go.click(do_generate, [g_domain, g_class, g_count, g_sampler, g_steps, g_guidance, g_seed, g_model],
+                g_go.click(do_generate, [g_domain, g_class, g_count, g_sampler, g_steps, g_guidance, g_seed, g_model,
+                                         g_start],
                            [g_preview, g_gallery, g_zip, g_status, generated], api_name="generate",
                            concurrency_id=HEAVY)
                 g_gallery.select(selected_index, None, selected, api_name="select_generated")

@@ -179,8 +179,10 @@ def generate(
     seed: int,
     on_step: Callable[[int, int, np.ndarray], None] | None = None,
     model: str = "diffusion",
+    start_from: str = "mean",
 ) -> list[Generated]:
-    """Sample images; ``on_step(step, total, preview)`` gets a uint8 preview of the first image."""
+    """Sample images; ``on_step(step, total, preview)`` gets a uint8 preview of the first image.
+    ``start_from``: "mean" or "prior" (see ``diffusion.STARTS``)."""
     import torch
 
     steps = whole_number(steps, "steps", 1, MAX_STEPS)
@@ -194,7 +196,8 @@ def generate(
             on_step(step, total, (preview[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
 
     images = pipe([c for c, _ in jobs], num_inference_steps=int(steps), guidance_scale=float(guidance),
-                  generator=[torch.Generator().manual_seed(s) for _, s in jobs], sampler=sampler, callback=callback)
+                  generator=[torch.Generator().manual_seed(s) for _, s in jobs], sampler=sampler, callback=callback,
+                  start_from=start_from or "mean")
     return [Generated(img, c, s) for img, (c, s) in zip(images, jobs)]
 
 

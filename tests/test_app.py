@@ -32,6 +32,10 @@ def checkpoints(tmp_path_factory) -> Path:
     unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
     pipe = ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
                                     classes=["covid", "non_covid"])
+    from medsynth.diffusion import coarse_prior
+
+    pipe.start_prior = coarse_prior(np.random.default_rng(0).integers(0, 256, (6, 16, 16, 1), dtype=np.uint8),
+                                    [0, 0, 0, 1, 1, 1], 2)
     save_pipeline(pipe, root / "covid_ct" / "diffusion")
     data = make_dataset(tmp_path_factory.mktemp("data"), ["covid", "non_covid"], n_per_class=4, size=36, channels=1)
     train_classifier(ClassifierRecipe(domain="covid_ct", data=str(data), out=str(root / "covid_ct" / "classifier"),
@@ -83,6 +87,10 @@ def test_plan_and_generate(store, tmp_path):
                              on_step=lambda i, n, p: steps.append((i, n, p.shape, p.dtype)))
     assert [it.caption for it in items] == ["covid · seed 5", "non_covid · seed 6"]
     assert steps == [(0, 2, (16, 16, 1), np.uint8), (1, 2, (16, 16, 1), np.uint8)]
+    # the same seeds started from the coarse prior give other images
+    prior = service.generate(store, "covid_ct", "all classes", 2, "ddim", 3, 1.0, 5, start_from="prior")
+    assert [it.caption for it in prior] == [it.caption for it in items]
+    assert not np.array_equal(prior[0].image, items[0].image)
     path = service.write_zip(items, tmp_path / "out.zip", "covid_ct")
     with zipfile.ZipFile(path) as zf:
         assert sorted(zf.namelist()) == ["covid/covid_000005.png", "labels.csv", "non_covid/non_covid_000006.png"]
@@ -137,6 +145,8 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
                                                         api_name="/generate")
     assert len(gallery) == 2 and gallery[0]["caption"] == "covid · seed 3" and Path(zip_file).suffix == ".zip"
     assert "2 image(s)" in status and Path(preview).exists()
+    status = client.predict("covid_ct", "covid", 1, "ddim", 2, 1.0, 0, "diffusion", "prior", api_name="/generate")[3]
+    assert "started from the coarse prior" in status
     # the denoising streams: one preview per step (3 ddim steps, of which 2 run), then the final result
     job = client.submit("covid_ct", "covid", 1, "ddim", 3, 1.0, 0, api_name="/generate")
     job.result()
