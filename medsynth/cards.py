@@ -207,14 +207,13 @@ def _part_curation(curation: dict, whole: dict | None) -> str:
     its counts for this part, every other pass in full."""
     text, pass_, first = "", curation, True
     while pass_:
-        lead = ", " if first else "; before that, an earlier pass "
         if _same_filter(pass_, whole):
             kept, offered = pass_.get("kept") or {}, pass_.get("offered") or {}
             text += (", curation" if first else "; before that, curation") + " kept " + ", ".join(
                 f"{c} {kept[c]} of {offered.get(c, '?')}" for c in kept)
             whole = whole.get("earlier")
         else:
-            text += lead + _curation_note({**pass_, "earlier": None})
+            text += (", " if first else "; before that, an earlier pass ") + _curation_note({**pass_, "earlier": None})
         pass_, first = pass_.get("earlier"), False
     return text
 

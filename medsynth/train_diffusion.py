@@ -33,7 +33,10 @@ from tqdm.auto import tqdm
 from . import atomic
 from .cards import base_run
 from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
-from .diffusion import PRESETS, ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+from .diffusion import (
+    PRESETS, PRIOR_GRID, ClassConditionalPipeline, coarse_prior, create_unet, make_noise_scheduler, save_pipeline,
+    save_prior,
+)
 from .domains import get_domain
 from .errors import MedsynthError
 from .hardware import describe, make_accelerator
@@ -170,8 +173,6 @@ def add_class_means(checkpoint: str | Path, data: str | Path, show: bool = False
 def add_start_prior(checkpoint: str | Path, data: str | Path, show: bool = False) -> dict:
     """Write ``start_prior.safetensors`` (see ``diffusion.STARTS``) into a diffusion checkpoint trained
     before train-diffusion wrote it, from the images it trained on (those its ``split.json`` lists)."""
-    from .diffusion import coarse_prior, save_prior
-
     _, classes, images, labels, used_split = _training_images(checkpoint, data, show)
     prior = coarse_prior(images, labels, len(classes))
     path = save_prior(prior, checkpoint, classes)
@@ -263,8 +264,6 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     images = load_resized(train_samples, domain.channels, resolution, show, "loading training images")
     counts = np.bincount([s.label for s in train_samples], minlength=domain.num_classes)
     means = class_means(images, [s.label for s in train_samples], domain.num_classes)
-    from .diffusion import PRIOR_GRID, coarse_prior
-
     start_prior = coarse_prior(images, [s.label for s in train_samples], domain.num_classes) \
         if resolution % PRIOR_GRID == 0 else None
     flips = _flips(domain)
