@@ -13,7 +13,6 @@ or more checkpoints, the same for the mean of their probabilities.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -42,15 +41,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows, plain, mirrored, classes, labels = [], [], [], None, None
+    rows, plain, mirrored, classes = [], [], [], None
     for path in args.checkpoints:
         clf = load_classifier(path)
-        if classes is not None and clf.classes != classes:
+        if classes is None:  # the images are read once, for the first checkpoint's classes and channels
+            classes = clf.classes
+            samples = scan_dataset(args.data, classes, require_all=False)
+            images = [load_image(s.path, clf.config.channels) for s in samples]
+            labels = [s.label for s in samples]
+        elif clf.classes != classes:
             raise SystemExit(f"{path}: classes {clf.classes} differ from {classes}; pass checkpoints of one domain")
-        classes = clf.classes
-        samples = scan_dataset(args.data, classes, require_all=False)
-        images = [load_image(s.path, clf.config.channels) for s in samples]
-        labels = [s.label for s in samples]
         p = clf.predict_proba(images)
         pm = clf.predict_proba([np.ascontiguousarray(im[:, ::-1]) for im in images])
         plain.append(p)

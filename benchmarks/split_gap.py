@@ -81,10 +81,12 @@ def main() -> None:
     result["nearest_synthetic_cosine_distance"] = nearest
 
     if args.classifier:
+        from medsynth.classify import load_classifier
         from medsynth.evaluate import evaluate_folder
 
+        clf = load_classifier(args.classifier)
         result["classifier"] = args.classifier
-        result["classifier_accuracy"] = {k: round(evaluate_folder(args.classifier, folder, progress=False)["accuracy"], 4)
+        result["classifier_accuracy"] = {k: round(evaluate_folder(clf, folder, progress=False)["accuracy"], 4)
                                          for k, folder in (("seen", args.seen), ("unseen", args.unseen))}
     print(result)
     if args.out:
