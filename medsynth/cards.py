@@ -79,7 +79,7 @@ probs = clf.predict_proba([image])  # (N, {len(config.classes)}), columns {confi
 ```
 
 Input: {config.channels}-channel images, made square by edge padding and resized to
-{config.input_size} px, normalised with mean {config.mean} and std {config.std}.
+{_through(config)}{config.input_size} px, normalised with mean {config.mean} and std {config.std}.
 
 ## Data
 
@@ -156,6 +156,14 @@ def _lineage(base: dict | None, info: dict) -> str:
 def _caveats(domain: Any) -> str:
     """The domain's dataset caveats as Markdown list items."""
     return "\n".join(f"- {c}" for c in domain.caveats) or "- See the dataset's provenance notes for known caveats."
+
+
+def _through(config) -> str:
+    """The card's words for ``source_size``: the lower resolution every input passes through first."""
+    if not getattr(config, "source_size", None):
+        return ""
+    return (f"{config.source_size} px first (the resolution of the images it was trained on; "
+            "`config.json` `source_size`), then to ")
 
 
 def _synthetic_note(record: dict | None) -> str:

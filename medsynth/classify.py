@@ -28,7 +28,7 @@ from PIL import Image
 from . import atomic
 from .errors import MedsynthError
 from .io import _pil_to_array
-from .transforms import Normalize, square_resize
+from .transforms import Normalize, fit_to_input
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,6 +69,10 @@ class ClassifierConfig:
     mean: list[float]
     std: list[float]
     resize: str = "pad-replicate-bilinear"
+    #: Inputs pass through this resolution (squared and resized as above) before ``input_size``: the
+    #: resolution of the images it was trained on when they were upsampled (64-px synthetic images at
+    #: 128 px). None: straight to ``input_size``.
+    source_size: int | None = None
     pretrained: str | None = None
     format: str = FORMAT
     format_version: int = 1
@@ -81,6 +85,11 @@ class ClassifierConfig:
         missing = [k for k in ("arch", "domain", "classes", "channels", "input_size", "mean", "std") if k not in data]
         if missing:
             raise MedsynthError(f"{source}: missing key(s) {', '.join(missing)}")
+        through = data.get("source_size")
+        if through is not None and (not isinstance(through, int) or isinstance(through, bool)
+                                    or not 0 < through < data["input_size"]):
+            raise MedsynthError(f"{source}: source_size must be a whole number of px below input_size "
+                                f"({data['input_size']}), or null; got {data.get('source_size')!r}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -240,8 +249,8 @@ class Classifier:
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         """Images -> normalised float batch (N, C, S, S) on the model's device."""
-        size, channels = self.config.input_size, self.config.channels
-        batch = torch.stack([square_resize(_as_float_image(im, channels, i), size) for i, im in enumerate(images)])
+        size, channels, source = self.config.input_size, self.config.channels, self.config.source_size
+        batch = torch.stack([fit_to_input(_as_float_image(im, channels, i), size, source) for i, im in enumerate(images)])
         return self.normalize(batch.to(self.device))
 
     def predict_proba(self, images: Any, batch_size: int = 16) -> np.ndarray:

@@ -59,6 +59,11 @@ def _add_train_classifier(sub) -> None:
                    help="fraction of each class held out for validation (default %(default)s; 0 = none)")
     g.add_argument("--val-data", default=None, help="separate validation folder instead of a split of DATA")
     g.add_argument("--image-size", type=int, default=None, help="input size in px (default: the domain's, 128)")
+    g.add_argument("--source-size", type=int, default=None, metavar="PX",
+                   help="pass every image, in training and in use, through this lower resolution before "
+                   "--image-size, so a CNN that upsamples 64-px synthetic images to 128 px sees real ones "
+                   "with no more detail (default: the generator's resolution when DATA is a synthetic folder "
+                   "made at a lower one than --image-size; 0: never)")
     g.add_argument("--num-workers", type=int, default=R.num_workers, help="data-loader worker processes (default %(default)s)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", default=None,
@@ -111,7 +116,7 @@ def _cmd_train_classifier(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
         augment=args.augment, mixup=args.mixup, freeze_stages=args.freeze_stages,
-        image_size=args.image_size, val_fraction=args.val_fraction, val_data=args.val_data,
+        image_size=args.image_size, source_size=args.source_size, val_fraction=args.val_fraction, val_data=args.val_data,
         patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
         num_workers=args.num_workers, max_minutes=args.max_minutes, init_from=args.init_from,
         progress=not args.json or sys.stderr.isatty(),

@@ -125,11 +125,13 @@ def load_resized(
     size: int,
     progress: bool = True,
     desc: str = "loading images",
+    source_size: int | None = None,
 ) -> np.ndarray:
-    """Decode every sample once and square-resize it: uint8 (N, size, size, channels)."""
+    """Decode every sample once and square-resize it (through ``source_size`` first, if given, as a
+    classifier with that ``source_size`` does): uint8 (N, size, size, channels)."""
     out = np.empty((len(samples), size, size, channels), dtype=np.uint8)
     for i, sample in enumerate(tqdm(samples, desc=desc, unit="img", disable=not progress, leave=False)):
-        out[i] = square_resize_uint8(load_image(sample.path, channels), size)
+        out[i] = square_resize_uint8(load_image(sample.path, channels), size, source_size)
     return out
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .classify import Classifier, _as_float_image
 from .errors import MedsynthError
-from .transforms import square_resize
+from .transforms import fit_to_input
 
 METHODS = ("lime", "gradcam")
 #: Defaults measured by benchmarks/explain.py on this project's 2-core CPU reference machine.
@@ -59,7 +59,7 @@ class Explanation:
 
 def _model_view(image, clf: Classifier) -> np.ndarray:
     """Any accepted image -> uint8 (S, S, C) exactly as the classifier's preprocessing sees it."""
-    x = square_resize(_as_float_image(image, clf.config.channels, 0), clf.config.input_size)
+    x = fit_to_input(_as_float_image(image, clf.config.channels, 0), clf.config.input_size, clf.config.source_size)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 

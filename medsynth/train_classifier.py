@@ -55,6 +55,10 @@ class ClassifierRecipe:
     mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs; 0 = off
     freeze_stages: int = 0  # keep the stem and the first N-1 stages at their initial weights (timm's coarse groups)
     image_size: int | None = None  # None: the domain's default classifier size
+    # Every image passes through this resolution before image_size (ClassifierConfig.source_size).
+    # None: the generator's resolution when DATA is a synthetic folder at a lower one than image_size
+    # (or the --init-from checkpoint's); 0: never.
+    source_size: int | None = None
     val_fraction: float = 0.15
     val_data: str | None = None  # a separate labelled folder for validation (e.g. real images)
     patience: int = 6  # epochs without a better validation macro-F1 before stopping; 0 = never
@@ -75,6 +79,8 @@ class ClassifierRecipe:
             raise MedsynthError(f"--lr must be positive, got {self.lr}")
         if self.image_size is not None and self.image_size < 32:
             raise MedsynthError(f"--image-size must be at least 32, got {self.image_size}")
+        if self.source_size is not None and self.source_size < 0:
+            raise MedsynthError(f"--source-size must be a size in px, or 0 for none, got {self.source_size}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise MedsynthError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.augment not in ("domain", "strong"):
@@ -137,6 +143,21 @@ def freeze_stages(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
     return frozen
 
 
+def _source_size(recipe: ClassifierRecipe, size: int, base) -> int | None:
+    """The resolution every image passes through before ``size`` (see ``ClassifierRecipe.source_size``)."""
+    if recipe.source_size == 0:
+        return None
+    if recipe.source_size is not None:
+        if recipe.source_size >= size:
+            raise MedsynthError(f"--source-size {recipe.source_size} must be below the input size {size} "
+                                "(it is the lower resolution the training images were made at); 0 turns it off")
+        return recipe.source_size
+    if base is not None and base.config.source_size:
+        return base.config.source_size if base.config.source_size < size else None
+    generated = (read_provenance(recipe.data) or {}).get("resolution")
+    return int(generated) if isinstance(generated, int) and 0 < generated < size else None
+
+
 def train_classifier(recipe: ClassifierRecipe) -> dict:
     """Train, validate each epoch, keep the best weights in ``recipe.out``; returns a summary."""
     from accelerate.utils import set_seed
@@ -157,6 +178,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             raise MedsynthError(f"--init-from {recipe.init_from} is a {base.config.arch}; pass --arch {base.config.arch}")
     recipe.arch = recipe.arch or DEFAULT_ARCH
     size = recipe.image_size or (base.config.input_size if base else domain.classifier_size)
+    source_size = _source_size(recipe, size, base)
     out = Path(recipe.out)
     accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
     main = accelerator.is_main_process
@@ -170,8 +192,8 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
         train_samples, val_samples = samples, scan_dataset(recipe.val_data, domain.classes, require_all=False)
     else:
         train_samples, val_samples = stratified_split(samples, recipe.val_fraction, recipe.seed)
-    train_images = load_resized(train_samples, domain.channels, size, show, "loading training images")
-    val_images = load_resized(val_samples, domain.channels, size, show, "loading validation images")
+    train_images = load_resized(train_samples, domain.channels, size, show, "loading training images", source_size)
+    val_images = load_resized(val_samples, domain.channels, size, show, "loading validation images", source_size)
     train_labels = [s.label for s in train_samples]
     counts = np.bincount(train_labels, minlength=domain.num_classes)
 
@@ -183,7 +205,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
         mean, std = default_normalization(model, domain.channels)
     config = ClassifierConfig(
         arch=recipe.arch, domain=domain.key, classes=list(domain.classes), channels=domain.channels,
-        input_size=size, mean=mean, std=std, pretrained=pretrained_source,
+        input_size=size, mean=mean, std=std, source_size=source_size, pretrained=pretrained_source,
     )
     normalize = Normalize(mean, std)
     frozen = freeze_stages(model, recipe.freeze_stages)

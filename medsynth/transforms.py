@@ -39,10 +39,22 @@ def square_resize(chw: torch.Tensor, size: int) -> torch.Tensor:
     return chw
 
 
-def square_resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, C) -> uint8 (size, size, C), squared as ``square_resize`` does."""
+def square_resize_uint8(image: np.ndarray, size: int, source_size: int | None = None) -> np.ndarray:
+    """uint8 (H, W, C) -> uint8 (size, size, C), squared as ``square_resize`` does; with ``source_size``
+    reduced to that resolution first (rounded to uint8 there), as ``fit_to_input`` does."""
+    if source_size and source_size < size:
+        image = square_resize_uint8(image, source_size)
     out = square_resize(to_float_chw(image), size)
     return (out.clamp_(0, 1).mul_(255).round_().to(torch.uint8)).permute(1, 2, 0).numpy()
+
+
+def fit_to_input(chw: torch.Tensor, size: int, source_size: int | None = None) -> torch.Tensor:
+    """A classifier's resize: square and resize to ``size``; with ``source_size`` (smaller than ``size``),
+    through that resolution first. A CNN trained on 64-px synthetic images upsampled to 128 px must see
+    real images with no more detail than those had, so they too pass through 64 px."""
+    if source_size and source_size < size:
+        chw = square_resize(chw, source_size)
+    return square_resize(chw, size)
 
 
 class Normalize(torch.nn.Module):

@@ -113,3 +113,42 @@ def test_mixup_and_strong_augmentation_train_and_are_recorded(tmp_path):
     assert summary["epochs_run"] == 2 and math.isfinite(summary["val_metrics"]["accuracy"])
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| `augment` | `strong` |" in card and "| `mixup` | `0.4` |" in card
+
+
+def test_a_synthetic_folder_at_a_lower_resolution_is_seen_through_it(tmp_path):
+    """A CNN trained at 32 px on 16-px generated images passes every input through 16 px, in training
+    and in use, so a real scan brings it no more detail than its training images had; --source-size
+    sets that resolution, 0 turns it off, and one at or above the input size is refused."""
+    import numpy as np
+
+    from medsynth.classify import ClassifierConfig, load_classifier
+    from medsynth.transforms import fit_to_input, square_resize, square_resize_uint8, to_float_chw
+
+    data = make_dataset(tmp_path / "syn", ["covid", "non_covid"], n_per_class=4, size=16, channels=1)
+    (data / "generation.json").write_text(json.dumps({"synthetic": True, "resolution": 16, "diffusion_domain": "covid_ct"}))
+    train_classifier(_recipe(tmp_path, data, epochs=1))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["input_size"] == 32 and config["source_size"] == 16
+    assert "16 px first" in (tmp_path / "out" / "README.md").read_text()
+
+    # A 64-px image with detail finer than 16 px: the classifier sees exactly its 16-px version, upsampled.
+    fine = np.zeros((64, 64, 1), np.uint8)
+    fine[(np.arange(64) // 2) % 2 == 0] = 255  # stripes 2 px wide: visible at 32 px, gone at 16
+    clf = load_classifier(tmp_path / "out")
+    seen = clf.preprocess([fine])[0].cpu()
+    through = clf.normalize(fit_to_input(to_float_chw(fine), 32, 16)[None].to(clf.device))[0].cpu()
+    torch.testing.assert_close(seen, through)
+    torch.testing.assert_close(fit_to_input(to_float_chw(fine), 32, 16), square_resize(square_resize(to_float_chw(fine), 16), 32))
+    assert float(fit_to_input(to_float_chw(fine), 32, 16).std()) < 0.05 < 0.2 < float(square_resize(to_float_chw(fine), 32).std())
+    low = square_resize_uint8(fine, 16)
+    torch.testing.assert_close(clf.preprocess([low])[0].cpu(), seen, atol=0.02, rtol=0)
+
+    train_classifier(_recipe(tmp_path, data, epochs=1, source_size=0, out=str(tmp_path / "off")))
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["source_size"] is None
+    with pytest.raises(MedsynthError, match="--source-size 32 must be below the input size 32"):
+        train_classifier(_recipe(tmp_path, data, source_size=32))
+    with pytest.raises(MedsynthError, match="source_size must be a whole number of px below input_size"):
+        ClassifierConfig.from_dict({**config, "source_size": 32})
+    real = make_dataset(tmp_path / "real", ["covid", "non_covid"], n_per_class=3, size=16, channels=1)
+    train_classifier(_recipe(tmp_path, real, epochs=1, out=str(tmp_path / "real_out")))
+    assert json.loads((tmp_path / "real_out" / "config.json").read_text())["source_size"] is None
