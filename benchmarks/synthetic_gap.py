@@ -96,11 +96,15 @@ def main() -> None:
             xb = gaussian_blur(x, sigma).clamp(0, 1)
             probs = []
             for clf in clfs:
-                if clf.config.input_size != args.size:
-                    raise SystemExit(f"{clf.config.input_size}-px CNN: run with --size {clf.config.input_size}")
+                size = clf.config.input_size
+                if args.size not in (size, clf.config.source_size):
+                    raise SystemExit(f"{size}-px CNN: run with --size {clf.config.source_size or size}")
+                # A CNN that sees its inputs through source_size px gets the blurred images upsampled.
+                xin = xb if size == args.size else torch.nn.functional.interpolate(
+                    xb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
                 with torch.inference_mode():
-                    probs.append(np.concatenate([torch.softmax(clf.model(clf.normalize(xb[i:i + 16])), 1).numpy()
-                                                 for i in range(0, len(xb), 16)]))
+                    probs.append(np.concatenate([torch.softmax(clf.model(clf.normalize(xin[i:i + 16])), 1).numpy()
+                                                 for i in range(0, len(xin), 16)]))
             accs = [float((p.argmax(1) == y).mean()) for p in probs]
             ens = float((np.mean(probs, 0).argmax(1) == y).mean())
             result["probe"].append({"sigma": sigma, "accuracy": accs, "mean_of_probabilities": ens})

@@ -142,6 +142,10 @@ def test_a_synthetic_folder_at_a_lower_resolution_is_seen_through_it(tmp_path):
     assert float(fit_to_input(to_float_chw(fine), 32, 16).std()) < 0.05 < 0.2 < float(square_resize(to_float_chw(fine), 32).std())
     low = square_resize_uint8(fine, 16)
     torch.testing.assert_close(clf.preprocess([low])[0].cpu(), seen, atol=0.02, rtol=0)
+    from medsynth.explain import explain
+
+    exp = explain(fine, clf, "gradcam", render=False)  # the explanations show the view it classifies
+    assert exp.image.shape == (32, 32, 1) and float(exp.image.astype(float).std()) < 0.05 * 255
 
     train_classifier(_recipe(tmp_path, data, epochs=1, source_size=0, out=str(tmp_path / "off")))
     assert json.loads((tmp_path / "off" / "config.json").read_text())["source_size"] is None
