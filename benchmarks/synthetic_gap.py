@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from medsynth.classify import load_classifier  # noqa: E402
 from medsynth.data import load_resized, scan_dataset  # noqa: E402
 from medsynth.domains import get_domain  # noqa: E402
+from medsynth.transforms import fit_to_input  # noqa: E402
 
 
 def images(folder: str, classes, channels: int, size: int):
@@ -99,9 +100,8 @@ def main() -> None:
                 size = clf.config.input_size
                 if args.size not in (size, clf.config.source_size):
                     raise SystemExit(f"{size}-px CNN: run with --size {clf.config.source_size or size}")
-                # A CNN that sees its inputs through source_size px gets the blurred images upsampled.
-                xin = xb if size == args.size else torch.nn.functional.interpolate(
-                    xb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                # The classifier's own resize: a CNN that sees its inputs through source_size px gets them upsampled.
+                xin = torch.stack([fit_to_input(im, size, clf.config.source_size) for im in xb])
                 with torch.inference_mode():
                     probs.append(np.concatenate([torch.softmax(clf.model(clf.normalize(xin[i:i + 16])), 1).numpy()
                                                  for i in range(0, len(xin), 16)]))
