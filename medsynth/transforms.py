@@ -40,20 +40,27 @@ def square_resize(chw: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def square_resize_uint8(image: np.ndarray, size: int, source_size: int | None = None) -> np.ndarray:
-    """uint8 (H, W, C) -> uint8 (size, size, C), squared as ``square_resize`` does; with ``source_size``
-    reduced to that resolution first (rounded to uint8 there), as ``fit_to_input`` does."""
-    if source_size and source_size < size:
-        image = square_resize_uint8(image, source_size)
-    out = square_resize(to_float_chw(image), size)
+    """uint8 (H, W, C) -> uint8 (size, size, C), resized as ``fit_to_input`` does."""
+    out = fit_to_input(to_float_chw(image), size, source_size)
     return (out.clamp_(0, 1).mul_(255).round_().to(torch.uint8)).permute(1, 2, 0).numpy()
+
+
+def _uint8_levels(chw: torch.Tensor) -> torch.Tensor:
+    return chw.clamp(0, 1).mul(255).round().div(255)
 
 
 def fit_to_input(chw: torch.Tensor, size: int, source_size: int | None = None) -> torch.Tensor:
     """A classifier's resize: square and resize to ``size``; with ``source_size`` (smaller than ``size``),
     through that resolution first. A CNN trained on 64-px synthetic images upsampled to 128 px must see
-    real images with no more detail than those had, so they too pass through 64 px."""
+    real images with no more detail than those had, so they too pass through 64 px.
+
+    Through ``source_size``, the result is rounded to 8-bit levels at both resolutions, exactly as
+    training stores its images (``square_resize_uint8``): an upsampled image is smooth, and a CNN
+    trained on its rounded levels answers differently without them (a Lite0 at 96 px through 64:
+    0.880 on the 810 brain_mri selection images rounded, 0.868 unrounded).
+    """
     if source_size and source_size < size:
-        chw = square_resize(chw, source_size)
+        return _uint8_levels(square_resize(_uint8_levels(square_resize(chw, source_size)), size))
     return square_resize(chw, size)
 
 
