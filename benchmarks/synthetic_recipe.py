@@ -34,18 +34,23 @@ from pathlib import Path
 BASE_ARGS = ["--image-size", "64", "--patience", "0"]
 
 
-def summarise(log_csv: Path) -> dict:
+def summarise(log_csv: Path, prefix: str = "") -> dict:
+    """best and late of a run's log; ``prefix="live_"`` scores the live weights of an ``--ema`` run."""
     rows = list(csv.DictReader(log_csv.open()))
-    best = max(rows, key=lambda r: float(r["val_macro_f1"]))
+    best = max(rows, key=lambda r: float(r[prefix + "val_macro_f1"]))
     late = rows[-3:]
-    return {
+    summary = {
         "epochs": len(rows),
         "best_epoch": int(best["epoch"]),
-        "best_accuracy": float(best["val_accuracy"]),
-        "best_macro_f1": float(best["val_macro_f1"]),
-        "late_accuracy": sum(float(r["val_accuracy"]) for r in late) / len(late),
+        "best_accuracy": float(best[prefix + "val_accuracy"]),
+        "best_macro_f1": float(best[prefix + "val_macro_f1"]),
+        "late_accuracy": sum(float(r[prefix + "val_accuracy"]) for r in late) / len(late),
         "seconds": float(rows[-1]["seconds"]),
     }
+    if not prefix and "live_val_accuracy" in rows[0]:
+        # The same run without the average, step for step (train-classifier keeps the two apart).
+        summary["live"] = summarise(log_csv, "live_")
+    return summary
 
 
 def main() -> None:
@@ -112,15 +117,19 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name, runs in by_variant.items():
         runs.sort(key=lambda r: r["seed"])
+        rows = [(name, runs)]
+        if all("live" in r for r in runs):  # --ema runs: their live weights too, the paired baseline
+            rows.append((f"{name}, live weights", [{**r, **r["live"]} for r in runs]))
+        for label, scored in rows:
 
-        def cell(key: str) -> str:
-            vals = [r[key] for r in runs]
-            each = " / ".join(f"{v:.3f}" for v in vals)
-            return f"{sum(vals) / len(vals):.3f}" + (f" ({each})" if len(vals) > 1 else "")
+            def cell(key: str) -> str:
+                vals = [r[key] for r in scored]
+                each = " / ".join(f"{v:.3f}" for v in vals)
+                return f"{sum(vals) / len(vals):.3f}" + (f" ({each})" if len(vals) > 1 else "")
 
-        print(f"| {name} | `{shlex.join(runs[0]['args']) or 'default'}` | "
-              f"{', '.join(str(r['seed']) for r in runs)} | {cell('best_accuracy')} | "
-              f"{cell('best_macro_f1')} | {cell('late_accuracy')} |")
+            print(f"| {label} | `{shlex.join(scored[0]['args']) or 'default'}` | "
+                  f"{', '.join(str(r['seed']) for r in scored)} | {cell('best_accuracy')} | "
+                  f"{cell('best_macro_f1')} | {cell('late_accuracy')} |")
 
 if __name__ == "__main__":
     main()

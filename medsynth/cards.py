@@ -30,6 +30,30 @@ def _confusion_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _ema_note(recipe: Any) -> str:
+    decay = getattr(recipe, "ema", 0.0)
+    if not decay:
+        return ""
+    return (f"\nThe weights validated and kept are a moving average of the training weights (decay {decay} per "
+            f"step, about the last {1 / (1 - decay):.0f} steps); the log's \"live\" columns score the weights "
+            "as trained.")
+
+
+def _log_table(rows: Sequence[dict]) -> str:
+    live = any("live_val_accuracy" in r for r in rows)
+    nan = float("nan")
+    names = ["epoch", "train loss", "val accuracy", "val macro-F1"] + (["live accuracy", "live macro-F1"] if live else [])
+    names.append("seconds")
+    lines = ["| " + " | ".join(names) + " |", "|" + " ---: |" * len(names)]
+    for r in rows:
+        cells = [str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r.get('val_accuracy', nan):.4f}",
+                 f"{r.get('val_macro_f1', nan):.4f}"]
+        if live:
+            cells += [f"{r.get('live_val_accuracy', nan):.4f}", f"{r.get('live_val_macro_f1', nan):.4f}"]
+        lines.append("| " + " | ".join(cells + [f"{r['seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
 def classifier_card(config: Any, recipe: Any, summary: dict, log_rows: Sequence[dict]) -> str:
     domain = get_domain(config.domain)
     val = summary.get("val_metrics")
@@ -91,7 +115,7 @@ Input: {config.channels}-channel images, made square by edge padding and resized
 ## Training
 
 Best epoch {summary['best_epoch']} of {summary['epochs_run']} run ({summary['stop_reason']});
-wall time {minutes:.1f} min on {summary['hardware']}; torch {torch.__version__}, Python {platform.python_version()}.
+wall time {minutes:.1f} min on {summary['hardware']}; torch {torch.__version__}, Python {platform.python_version()}.{_ema_note(recipe)}
 
 | option | value |
 | --- | --- |
@@ -109,12 +133,7 @@ Confusion matrix (rows: true class):
 """ if val else "No validation data was used; the weights are those of the last epoch.\n") + """
 ## Training log
 
-| epoch | train loss | val accuracy | val macro-F1 | seconds |
-| ---: | ---: | ---: | ---: | ---: |
-""" + "\n".join(
-        f"| {r['epoch']} | {r['train_loss']:.4f} | {r.get('val_accuracy', float('nan')):.4f} | "
-        f"{r.get('val_macro_f1', float('nan')):.4f} | {r['seconds']:.0f} |" for r in log_rows
-    ) + f"""
+""" + _log_table(log_rows) + f"""
 
 ## Limitations
 

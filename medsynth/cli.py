@@ -88,6 +88,9 @@ def _add_train_classifier(sub) -> None:
     g.add_argument("--freeze-stages", type=int, default=R.freeze_stages, metavar="N",
                    help="keep the stem and the first N-1 stages of the backbone at their initial weights "
                    "(default %(default)s)")
+    g.add_argument("--ema", type=float, default=R.ema, metavar="DECAY",
+                   help="validate and keep a moving average of the weights, updated each step with this decay "
+                   "(e.g. 0.995, about the last 200 steps) instead of the live weights; 0 = off (default %(default)s)")
     g.add_argument("--patience", type=int, default=R.patience,
                    help="stop after this many epochs without a better validation macro-F1; 0 = never (default %(default)s)")
     g = p.add_argument_group("run")
@@ -115,7 +118,7 @@ def _cmd_train_classifier(args) -> int:
         domain=args.domain, data=args.data, out=args.out, arch=args.arch, pretrained=not args.no_pretrained,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
-        augment=args.augment, mixup=args.mixup, freeze_stages=args.freeze_stages,
+        augment=args.augment, mixup=args.mixup, freeze_stages=args.freeze_stages, ema=args.ema,
         image_size=args.image_size, source_size=args.source_size, val_fraction=args.val_fraction, val_data=args.val_data,
         patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
         num_workers=args.num_workers, max_minutes=args.max_minutes, init_from=args.init_from,

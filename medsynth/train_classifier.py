@@ -5,7 +5,8 @@ warm-up then cosine decay per step, label smoothing, class-weighted cross-entrop
 inversely proportional to class frequency), domain augmentations, and early stopping on
 validation macro-F1; the best weights are written atomically whenever validation improves.
 For training on synthetic images there are three regularisers, off by default: stronger
-augmentation, mixup, and freezing the first stages of the pretrained backbone.
+augmentation, mixup, and freezing the first stages of the pretrained backbone; and a moving
+average of the weights (``ema``), which is validated and kept in place of the live weights.
 
 It runs through ``accelerate``: plain ``python -m medsynth train-classifier`` on a CPU or a GPU,
 or ``accelerate launch -m medsynth train-classifier`` on several GPUs, with no code change.
@@ -13,6 +14,7 @@ or ``accelerate launch -m medsynth train-classifier`` on several GPUs, with no c
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -54,6 +56,7 @@ class ClassifierRecipe:
     augment: str = "domain"  # "domain" (the domain's augmentations) or "strong" (wider, plus blur/noise/gamma/erasing)
     mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs; 0 = off
     freeze_stages: int = 0  # keep the stem and the first N-1 stages at their initial weights (timm's coarse groups)
+    ema: float = 0.0  # per-step decay of a moving average of the weights, validated and kept instead; 0 = off
     image_size: int | None = None  # None: the domain's default classifier size
     # Every image passes through this resolution before image_size (ClassifierConfig.source_size).
     # None: the generator's resolution when DATA is a synthetic folder at a lower one than image_size
@@ -87,6 +90,8 @@ class ClassifierRecipe:
             raise MedsynthError(f"--augment must be 'domain' or 'strong', got {self.augment!r}")
         if self.mixup < 0:
             raise MedsynthError(f"--mixup must be >= 0 (0 = off), got {self.mixup}")
+        if not 0.0 <= self.ema < 1.0:
+            raise MedsynthError(f"--ema must be a per-step decay in [0, 1), e.g. 0.995 (0 = off), got {self.ema}")
         if self.freeze_stages < 0:
             raise MedsynthError(f"--freeze-stages must be >= 0, got {self.freeze_stages}")
         if self.balance not in ("weights", "none"):
@@ -141,6 +146,41 @@ def freeze_stages(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
     for module in frozen:
         module.requires_grad_(False)
     return frozen
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics.
+
+    Each optimiser step moves the average towards the live weights by ``1 - d``, with
+    ``d = min(decay, (1 + t) / (10 + t))`` after ``t`` steps, so early steps, far from where
+    training ends up, are forgotten fast. The average sits in the middle of the region the last
+    ``1 / (1 - decay)`` steps explored, where the validation score swings less from epoch to
+    epoch than at any single point on the way.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+        self._ema = [v for v in self.module.state_dict().values() if v.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        live = [v for v in model.state_dict().values() if v.dtype.is_floating_point]
+        torch._foreach_lerp_(self._ema, live, 1.0 - decay)
+
+
+def _evaluate(model, loader, accelerator, classes) -> dict:
+    model.eval()
+    preds, trues = [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            p, t = accelerator.gather_for_metrics((model(x).argmax(1), y))
+            preds.append(p.cpu())
+            trues.append(t.cpu())
+    return classification_metrics(torch.cat(trues).numpy(), torch.cat(preds).numpy(), classes)
 
 
 def _source_size(recipe: ClassifierRecipe, size: int, base) -> int | None:
@@ -235,6 +275,8 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
+    # Every process applies the same synchronised steps, so their averages stay identical.
+    average = WeightAverage(accelerator.unwrap_model(model), recipe.ema) if recipe.ema > 0 else None
 
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -268,21 +310,21 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update(accelerator.unwrap_model(model))
             running += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         row = {"epoch": epoch, "train_loss": running / max(seen, 1), "lr": scheduler.get_last_lr()[0]}
 
         if len(val_ds):
-            model.eval()
-            preds, trues = [], []
-            with torch.inference_mode():
-                for x, y in val_loader:
-                    logits = model(x)
-                    p, t = accelerator.gather_for_metrics((logits.argmax(1), y))
-                    preds.append(p.cpu())
-                    trues.append(t.cpu())
-            metrics = classification_metrics(torch.cat(trues).numpy(), torch.cat(preds).numpy(), domain.classes)
+            if average is not None:  # the average is what is kept; the live weights are logged beside it
+                # Each pass over a loader draws a seed from the global generator; restoring it keeps the
+                # run step for step the run without the average, so the live columns are that run.
+                with torch.random.fork_rng(devices=[]):
+                    live = _evaluate(model, val_loader, accelerator, domain.classes)
+                row.update(live_val_accuracy=live["accuracy"], live_val_macro_f1=live["macro_f1"])
+            metrics = _evaluate(average.module if average else model, val_loader, accelerator, domain.classes)
             row.update(val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"])
             improved = best is None or metrics["macro_f1"] > best["metrics"]["macro_f1"]
         else:
@@ -300,7 +342,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             stale = 0
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(accelerator.unwrap_model(model), config, out)
+                save_checkpoint(average.module if average else accelerator.unwrap_model(model), config, out)
         else:
             stale += 1
         if main:
@@ -341,8 +383,9 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    fields = sorted({k for row in rows for k in row}, key=lambda k: ["epoch", "train_loss", "val_accuracy",
-                                                                   "val_macro_f1", "lr", "seconds"].index(k))
+    order = ["epoch", "train_loss", "val_accuracy", "val_macro_f1", "live_val_accuracy", "live_val_macro_f1",
+             "lr", "seconds"]
+    fields = sorted({k for row in rows for k in row}, key=order.index)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -58,7 +59,7 @@ def test_no_validation_keeps_last_epoch(tmp_path):
      ("val_fraction", 1.0, r"--val-fraction must be in \[0, 1\)"), ("image_size", 8, "--image-size must be at least 32"),
      ("balance", "oversample", "--balance must be"), ("device", "tpu", "--device must be"),
      ("augment", "extreme", "--augment must be 'domain' or 'strong'"), ("mixup", -0.2, "--mixup must be >= 0"),
-     ("freeze_stages", -1, "--freeze-stages must be >= 0")],
+     ("freeze_stages", -1, "--freeze-stages must be >= 0"), ("ema", 1.0, r"--ema must be a per-step decay in \[0, 1\)")],
 )
 def test_recipe_validation(tmp_path, field, value, message):
     with pytest.raises(MedsynthError, match=message):
@@ -113,6 +114,55 @@ def test_mixup_and_strong_augmentation_train_and_are_recorded(tmp_path):
     assert summary["epochs_run"] == 2 and math.isfinite(summary["val_metrics"]["accuracy"])
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| `augment` | `strong` |" in card and "| `mixup` | `0.4` |" in card
+
+
+def test_weight_average_follows_the_live_weights_and_statistics():
+    from medsynth.train_classifier import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            if v.dtype.is_floating_point:
+                v.add_(1.0)
+        model[1].num_batches_tracked += 7
+    average.update(model)  # the first step's decay is min(0.5, 2 / 11): the average moves 9/11 of the way
+    got = average.module.state_dict()
+    for k in ("0.weight", "0.bias", "1.running_mean", "1.running_var"):
+        assert torch.allclose(got[k], start[k] + 9 / 11), k
+    assert got["1.num_batches_tracked"] == 0 and not any(p.requires_grad for p in average.module.parameters())
+    average.update(model)  # decay min(0.5, 3 / 12) = 0.25: it closes 3/4 of the remaining 2/11
+    assert torch.allclose(average.module.state_dict()["0.weight"], start["0.weight"] + 1 - (2 / 11) / 4)
+
+
+def test_ema_keeps_the_average_and_logs_the_live_weights_beside_it(tmp_path):
+    from safetensors.torch import load_file
+
+    from medsynth.classify import load_classifier
+    from medsynth.evaluate import evaluate_folder
+
+    train = make_dataset(tmp_path / "train", ["covid", "non_covid"], n_per_class=8, channels=1, seed=1)
+    val = make_dataset(tmp_path / "val", ["covid", "non_covid"], n_per_class=6, channels=1, seed=2)
+    train_classifier(_recipe(tmp_path, train, val_data=str(val), epochs=3, lr=1e-2, patience=0,
+                             out=str(tmp_path / "plain")))
+    summary = train_classifier(_recipe(tmp_path, train, val_data=str(val), epochs=3, lr=1e-2, patience=0, ema=0.9))
+    rows = list(csv.DictReader((tmp_path / "out" / "train_log.csv").open()))
+    plain_rows = list(csv.DictReader((tmp_path / "plain" / "train_log.csv").open()))
+    # The average does not touch training: its live columns are the run without it, step for step.
+    assert [r["live_val_accuracy"] for r in rows] == [r["val_accuracy"] for r in plain_rows]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in plain_rows]
+    # Same trajectory, so the saved weights differ from the run without it only by being the average.
+    saved, live = load_file(str(tmp_path / "out" / "model.safetensors")), load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert not torch.equal(saved["classifier.weight"], live["classifier.weight"])
+    # What was saved is the average at the best epoch: scoring the checkpoint reproduces its logged score.
+    best = rows[summary["best_epoch"] - 1]
+    result = evaluate_folder(load_classifier(tmp_path / "out"), val, progress=False)
+    assert result["accuracy"] == pytest.approx(float(best["val_accuracy"]))
+    assert result["macro_f1"] == pytest.approx(float(best["val_macro_f1"]))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| `ema` | `0.9` |" in card and "moving average of the training weights (decay 0.9" in card
+    assert "live accuracy" in card and "live accuracy" not in (tmp_path / "plain" / "README.md").read_text()
 
 
 def test_a_synthetic_folder_at_a_lower_resolution_is_seen_through_it(tmp_path):
