@@ -30,13 +30,19 @@ def _confusion_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _ema_note(recipe: Any) -> str:
+def _ema_note(recipe: Any, summary: dict) -> str:
     decay = getattr(recipe, "ema", 0.0)
     if not decay:
         return ""
-    return (f"\nThe weights validated and kept are a moving average of the training weights (decay {decay} per "
-            f"step, about the last {1 / (1 - decay):.0f} steps); the log's \"live\" columns score the weights "
-            "as trained.")
+    ema = summary.get("ema") or {}
+    how = f"`--ema {decay}`, a per-step decay that warms up as (1+t)/(10+t) after t steps"
+    if "steps" in ema:
+        how += (f"; it reached {ema['final_decay']:.4f} after {ema['steps']} steps, so the average spans about "
+                f"the last {1 / (1 - ema['final_decay']):.0f}")
+    note = f"\nThe weights kept are a moving average of the training weights ({how})"
+    if summary.get("val_metrics"):
+        return note + ". That average is what each epoch validated; the log's \"live\" columns score the weights as trained."
+    return note + "."
 
 
 def _log_table(rows: Sequence[dict]) -> str:
@@ -115,7 +121,7 @@ Input: {config.channels}-channel images, made square by edge padding and resized
 ## Training
 
 Best epoch {summary['best_epoch']} of {summary['epochs_run']} run ({summary['stop_reason']});
-wall time {minutes:.1f} min on {summary['hardware']}; torch {torch.__version__}, Python {platform.python_version()}.{_ema_note(recipe)}
+wall time {minutes:.1f} min on {summary['hardware']}; torch {torch.__version__}, Python {platform.python_version()}.{_ema_note(recipe, summary)}
 
 | option | value |
 | --- | --- |
@@ -130,7 +136,8 @@ wall time {minutes:.1f} min on {summary['hardware']}; torch {torch.__version__},
 Confusion matrix (rows: true class):
 
 {_confusion_table(val)}
-""" if val else "No validation data was used; the weights are those of the last epoch.\n") + """
+""" if val else "No validation data was used; the weights are those of the last epoch"
+       + (" (the average at its end)" if getattr(recipe, "ema", 0.0) else "") + ".\n") + """
 ## Training log
 
 """ + _log_table(log_rows) + f"""

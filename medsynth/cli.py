@@ -89,8 +89,9 @@ def _add_train_classifier(sub) -> None:
                    help="keep the stem and the first N-1 stages of the backbone at their initial weights "
                    "(default %(default)s)")
     g.add_argument("--ema", type=float, default=R.ema, metavar="DECAY",
-                   help="validate and keep a moving average of the weights, updated each step with this decay "
-                   "(e.g. 0.995, about the last 200 steps) instead of the live weights; 0 = off (default %(default)s)")
+                   help="validate and keep a moving average of the weights instead of the live weights, updated "
+                   "each step with this decay at most (e.g. 0.995; it warms up as (1+t)/(10+t), reaching 0.995 "
+                   "after about 1,800 steps); 0 = off (default %(default)s)")
     g.add_argument("--patience", type=int, default=R.patience,
                    help="stop after this many epochs without a better validation macro-F1; 0 = never (default %(default)s)")
     g = p.add_argument_group("run")

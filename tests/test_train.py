@@ -161,7 +161,18 @@ def test_ema_keeps_the_average_and_logs_the_live_weights_beside_it(tmp_path):
     assert result["accuracy"] == pytest.approx(float(best["val_accuracy"]))
     assert result["macro_f1"] == pytest.approx(float(best["val_macro_f1"]))
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "| `ema` | `0.9` |" in card and "moving average of the training weights (decay 0.9" in card
+    assert "| `ema` | `0.9` |" in card and "moving average of the training weights (`--ema 0.9`" in card
+    steps = summary["ema"]["steps"]  # 16 images in batches of 4, 3 epochs
+    assert steps == 12 and summary["ema"]["final_decay"] == pytest.approx(13 / 22)  # short of 0.9
+    assert f"after {steps} steps" in card and "what each epoch validated" in card
+    # Without validation both keep their last epoch: the same point of the same run, yet the
+    # average is not the live weights.
+    train_classifier(_recipe(tmp_path, train, val_fraction=0.0, epochs=2, lr=1e-2, out=str(tmp_path / "plain_last")))
+    train_classifier(_recipe(tmp_path, train, val_fraction=0.0, epochs=2, lr=1e-2, ema=0.9, out=str(tmp_path / "ema_last")))
+    last_live = load_file(str(tmp_path / "plain_last" / "model.safetensors"))
+    last_average = load_file(str(tmp_path / "ema_last" / "model.safetensors"))
+    assert not torch.equal(last_live["classifier.weight"], last_average["classifier.weight"])
+    assert "(the average at its end)" in (tmp_path / "ema_last" / "README.md").read_text()
     assert "live accuracy" in card and "live accuracy" not in (tmp_path / "plain" / "README.md").read_text()
 
 
