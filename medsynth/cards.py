@@ -31,7 +31,7 @@ def _confusion_table(metrics: dict) -> str:
 
 
 def _ema_note(recipe: Any, summary: dict) -> str:
-    decay = getattr(recipe, "ema", 0.0)
+    decay = recipe.ema
     if not decay:
         return ""
     ema = summary.get("ema") or {}
@@ -137,7 +137,7 @@ Confusion matrix (rows: true class):
 
 {_confusion_table(val)}
 """ if val else "No validation data was used; the weights are those of the last epoch"
-       + (" (the average at its end)" if getattr(recipe, "ema", 0.0) else "") + ".\n") + """
+       + (" (the average at its end)" if recipe.ema else "") + ".\n") + """
 ## Training log
 
 """ + _log_table(log_rows) + f"""
@@ -186,7 +186,7 @@ def _caveats(domain: Any) -> str:
 
 def _through(config) -> str:
     """The card's words for ``source_size``: the lower resolution every input passes through first."""
-    if not getattr(config, "source_size", None):
+    if not config.source_size:
         return ""
     return (f"{config.source_size} px first (the resolution of the images it was trained on; "
             "`config.json` `source_size`), then to ")

@@ -292,9 +292,10 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
+    unwrapped = accelerator.unwrap_model(model)
     # Every process applies the same synchronised steps, so the averaged weights agree; batch-norm
     # statistics come from each process's own batches, so ``sync`` hands out rank 0's before use.
-    average = WeightAverage(accelerator.unwrap_model(model), recipe.ema) if recipe.ema > 0 else None
+    average = WeightAverage(unwrapped, recipe.ema) if recipe.ema > 0 else None
 
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -329,7 +330,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
-                average.update(accelerator.unwrap_model(model))
+                average.update(unwrapped)
             running += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -362,7 +363,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             stale = 0
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(average.module if average else accelerator.unwrap_model(model), config, out)
+                save_checkpoint(average.module if average else unwrapped, config, out)
         else:
             stale += 1
         if main:
