@@ -186,6 +186,19 @@ def link_or_copy(src: Path, dst: Path) -> None:
 PROVENANCE = "generation.json"
 
 
+def total_training_steps(summary: dict) -> int | None:
+    """A diffusion run's steps over its whole ``--init-from`` chain: its own plus each base's
+    (``train_summary.json`` ``base``, nested), so a continued model is not mistaken for a short run."""
+    steps = summary.get("steps")
+    if steps is None:
+        return None
+    base = summary.get("base")
+    while isinstance(base, dict):
+        steps += base.get("steps") or 0
+        base = base.get("base")
+    return steps
+
+
 def write_provenance(out: str | Path, checkpoint: str | Path, pipe, **settings) -> dict:
     """Record how a labelled synthetic dataset was made, as ``OUT/generation.json``.
 
@@ -200,7 +213,7 @@ def write_provenance(out: str | Path, checkpoint: str | Path, pipe, **settings) 
     summary = ckpt / "train_summary.json"
     if summary.is_file():
         try:
-            trained = json.loads(summary.read_text()).get("steps")
+            trained = total_training_steps(json.loads(summary.read_text()))
         except (ValueError, OSError):
             trained = None
     record = {
