@@ -363,10 +363,15 @@ def test_generate_two_processes_under_torchrun(tmp_path, pipe):
 
 def test_fine_tune_from_a_diffusion_checkpoint(tmp_path, pipe, ct_data):
     save_pipeline(pipe, tmp_path / "base")
+    (tmp_path / "base" / "train_summary.json").write_text(json.dumps({"steps": 5, "seconds": 1.0}))
     summary = train_diffusion(_recipe(tmp_path, ct_data, init_from=str(tmp_path / "base"), resolution=None,
                                       preset="cpu", max_steps=1))
     assert summary["resolution"] == 16  # the base's, not the cpu preset's 64
     tuned = load_pipeline(tmp_path / "run")
+    from medsynth.data import write_provenance
+
+    # a set drawn from the continued model counts the base's steps too: 5 + 1, not the continuation's 1
+    assert write_provenance(tmp_path / "ds", tmp_path / "run", tuned)["diffusion_training_steps"] == 6
     assert list(tuned.unet.config.block_out_channels) == list(pipe.unet.config.block_out_channels)
     with pytest.raises(MedsynthError, match="do not match domain brain_mri"):
         train_diffusion(_recipe(tmp_path, ct_data, domain="brain_mri", out=str(tmp_path / "r2"),
