@@ -565,6 +565,42 @@ def _cmd_curate(args) -> int:
     return 0
 
 
+def _add_match(sub) -> None:
+    p = sub.add_parser(
+        "match",
+        help="weight a synthetic set towards real images: extra copies of the samples real images lie near",
+        description="Keep every image of a labelled synthetic folder once and add extra copies (hard links named "
+        "m<j>_<name>) of the samples that real images of the same class lie near: each real image gives 1/K to "
+        "each of its K nearest synthetic samples (ImageNet EfficientNet-Lite0 features), and each class gets "
+        "EXTRA times its size in copies, in proportion. No real image is copied or trained on; generation.json "
+        "gains a 'matching' record that train-classifier puts on the model card. Use the real images the "
+        "diffusion model trained on, never the images the result will be judged on.",
+    )
+    p.add_argument("set", metavar="SET", help="synthetic set folder (with generation.json), e.g. a curated one")
+    p.add_argument("--real", required=True, help="real images, one sub-folder per class")
+    p.add_argument("--out", required=True, help="new folder for the weighted set")
+    p.add_argument("--k", type=int, default=10, help="nearest synthetic samples each real image weights (default 10)")
+    p.add_argument("--extra", type=float, default=1.0,
+                   help="extra copies per class, as a multiple of its size (default 1: twice the images)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="last line: the weighted set's generation.json record")
+    p.set_defaults(func=_cmd_match)
+
+
+def _cmd_match(args) -> int:
+    from .match import match_set
+
+    record = match_set(args.set, args.real, args.out, k=args.k, extra=args.extra, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        per = record["matching"]["per_class"]
+        done = ", ".join(f"{c} {per[c]['samples']} + {per[c]['extra_copies']} copies of {per[c]['samples_with_copies']}"
+                         for c in record["classes"])
+        print(f"wrote {sum(record['class_counts'].values())} images to {args.out} ({done})")
+    return 0
+
+
 def _add_quality(sub) -> None:
     p = sub.add_parser(
         "quality",
@@ -741,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_merge, _add_curate, _add_split, _add_quality, _add_class_means, _add_start_prior, _add_card, _add_domains):
+                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_class_means, _add_start_prior, _add_card, _add_domains):
         add(sub)
     return parser
 
