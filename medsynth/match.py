@@ -46,7 +46,7 @@ def extra_copies(real: np.ndarray, synthetic: np.ndarray, k: int, total: int) ->
     """
     k = min(k, len(synthetic))
     sims = real @ synthetic.T
-    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(synthetic) else np.tile(np.arange(len(synthetic)), (len(real), 1))
+    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # k = all samples is valid too (kth = n - 1)
     scores = np.zeros(len(synthetic))
     np.add.at(scores, nearest.ravel(), 1.0 / k)
     want = total * scores / scores.sum()
