@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from medsynth import atomic  # noqa: E402
 from medsynth.domains import get_domain  # noqa: E402
-from medsynth.quality import Lite0Features, _class_images, frechet_distance  # noqa: E402
+from medsynth.quality import Lite0Features, class_images, frechet_distance  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
     classes, channels = domain.classes, domain.channels
 
     extract = Lite0Features()
-    sets = {name: _class_images(folder, classes, channels, args.size, None, args.seed)
+    sets = {name: class_images(folder, classes, channels, args.size, None, args.seed)
             for name, folder in (("synthetic", args.synthetic), ("seen", args.seen), ("unseen", args.unseen))}
     feats = {name: {c: extract(list(arr)) for c, arr in per_class.items()} for name, per_class in sets.items()}
 

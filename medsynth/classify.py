@@ -272,6 +272,23 @@ class Classifier:
                 out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out, axis=0)
 
+    def features(self, images: Any, batch_size: int = 16) -> np.ndarray:
+        """Penultimate-layer features, float32 (N, num_features): the pooled input of the last linear layer.
+
+        Same inputs and preprocessing as ``predict_proba``.
+        """
+        if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            images = [images]
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.model.num_features), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = self.model.forward_features(self.preprocess(images[start : start + batch_size]))
+                out.append(self.model.forward_head(x, pre_logits=True).float().flatten(1).cpu().numpy())
+        return np.concatenate(out, axis=0)
+
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, out_dir: str | Path, card: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
         return save_checkpoint(self.model, self.config, out_dir, card, dtype)

@@ -657,6 +657,61 @@ def _cmd_quality(args) -> int:
     return 0
 
 
+def _add_audit(sub) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="fidelity, coverage and memorization audit of a synthetic set, per class, with error bars",
+        description="Audit a labelled synthetic folder (from 'generate --n-per-class') against the real images its "
+        "generator learned from (--train) and real images it never saw (--test): Frechet distance and KID with a "
+        "real-vs-real reference at the same N; precision, recall, density and coverage (k = 5); and, in every "
+        "feature space and in pixel space, each image's nearest training image, the share of synthetic images "
+        "closer to one than held-out real images are, a Mann-Whitney (C_T) test and a per-class verdict on "
+        "copying. Writes OUT/audit.json, OUT/report.md, per-image CSVs and PNG figures; features are cached in OUT.",
+    )
+    p.add_argument("--synthetic", required=True, help="synthetic set: one sub-folder per class")
+    p.add_argument("--train", required=True, help="the real images the generator was trained on (one sub-folder per class)")
+    p.add_argument("--test", required=True, help="real images the generator never saw (one sub-folder per class)")
+    p.add_argument("--out", required=True, help="folder for the report (created; a rerun reuses its feature cache)")
+    p.add_argument("--features", action="append", default=None, metavar="SPEC",
+                   help="feature space: lite0 (ImageNet EfficientNet-Lite0), classifier:CHECKPOINT (penultimate layer "
+                        "of a medsynth classifier, e.g. checkpoints/brain_mri/classifier) or file:WEIGHTS[@TIMM_ARCH] "
+                        "(a safetensors Inception-v3 or DINOv2, or any timm model named after @); repeat the option "
+                        "or separate with commas (default: lite0)")
+    p.add_argument("--domain", choices=sorted(DOMAINS), default=None,
+                   help="(default: from the synthetic folder's generation.json)")
+    p.add_argument("--resolution", type=_positive_int, default=None,
+                   help="compare at this resolution (default: the generator's, from generation.json)")
+    p.add_argument("--n-max", type=_positive_int, default=None,
+                   help="at most this many images per folder, a seeded pick that keeps each class's share")
+    p.add_argument("--seed", type=int, default=0, help="seed of every subset and bootstrap (default %(default)s)")
+    p.add_argument("--card", default=None, help="checkpoint folder: add the audit's summary to its README.md "
+                                                "(and audit.json beside it)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.add_argument("--json", action="store_true", help="last line: audit.json as one JSON object")
+    p.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(args) -> int:
+    from .audit import run_audit, update_card, verdict_lines
+    from .classify import resolve_device
+
+    specs = [s.strip() for spec in (args.features or ["lite0"]) for s in spec.split(",") if s.strip()]
+    if args.card is not None and not Path(args.card).is_dir():
+        raise MedsynthError(f"--card {args.card}: no such checkpoint folder")
+    result = run_audit(args.synthetic, args.train, args.test, args.out, features=specs, domain=args.domain,
+                       resolution=args.resolution, n_max=args.n_max, seed=args.seed,
+                       device=str(resolve_device(args.device)),
+                       log=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
+    if args.card:
+        update_card(args.card, result, args.out)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"wrote {Path(args.out) / 'report.md'} in {result['seconds']:.0f} s")
+        print("\n".join(verdict_lines(result)))
+    return 0
+
+
 def _add_training_stats(sub, name: str, help: str, description: str, func) -> None:
     """A command that adds to a diffusion checkpoint what train-diffusion records from its training images."""
     p = sub.add_parser(name, help=help, description=description)
@@ -777,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_class_means, _add_start_prior, _add_card, _add_domains):
+                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_audit, _add_class_means, _add_start_prior, _add_card, _add_domains):
         add(sub)
     return parser
 

