@@ -712,6 +712,101 @@ def _cmd_audit(args) -> int:
     return 0
 
 
+def _csv(kind, what: str):
+    """An argparse type: comma-separated values of ``kind``."""
+    def parse(text: str):
+        try:
+            values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got nothing")
+        return values
+    return parse
+
+
+def _add_tstr(sub) -> None:
+    from .diffusion import SAMPLERS, STARTS
+    from .tstr import PRESETS, TRAIN_SETS, TSTRConfig
+
+    d = TSTRConfig.__dataclass_fields__
+    p = sub.add_parser(
+        "tstr",
+        help="the study's experiment: CNNs trained on synthetic, real and mixed images, tested on real scans",
+        description="Train on synthetic, test on real. For every architecture, seed and fraction of the real "
+        "training images, trains a CNN on real images only, on synthetic images only and on both (the "
+        "train-classifier recipe; epochs selected on real images drawn from --real-train), scores each on "
+        "--real-test, and writes RUN/report.md, results.csv/json, summary.json, figures and the synthetic set's "
+        "audit. Each cell is a sub-run written atomically: rerunning the same command skips finished cells. Under "
+        "'accelerate launch' or torchrun the cells are shared out across processes.",
+    )
+    p.add_argument("--domain", required=True, choices=sorted(DOMAINS))
+    p.add_argument("--real-train", required=True, help="real training images, one sub-folder per class")
+    p.add_argument("--real-test", required=True, help="real test images, one sub-folder per class (never trained on)")
+    p.add_argument("--out", required=True, help="run folder (created; rerun the same command to resume)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--diffusion", help="diffusion checkpoint to draw the synthetic set from (once, into RUN/synthetic)")
+    src.add_argument("--synthetic", help="an existing synthetic set (with its generation.json) instead")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="architectures: cpu = " + ",".join(PRESETS["cpu"]) + "; study = the study's eight "
+                        "families (random init where no ImageNet weights are installed) (default %(default)s)")
+    p.add_argument("--archs", type=_csv(str, "timm names"), default=None, help="comma-separated timm names (instead of --preset)")
+    p.add_argument("--train-sets", type=_csv(str, "training sets"), default=TRAIN_SETS,
+                   help="comma-separated, from " + ",".join(TRAIN_SETS) + " (default: all)")
+    p.add_argument("--fractions", type=_csv(float, "fractions"), default=d["fractions"].default,
+                   help="fractions of the real training images, e.g. 1.0,0.25,0.1: the data-scarcity curve (default 1.0)")
+    p.add_argument("--seeds", type=_csv(int, "integers"), default=d["seeds"].default, help="e.g. 0,1,2 (default 0)")
+    p.add_argument("--epochs", type=_positive_int, default=d["epochs"].default, help="(default %(default)s)")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="CNN input size (default: the synthetic set's resolution, for every training set)")
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"].default, help="(default %(default)s)")
+    p.add_argument("--lr", type=float, default=d["lr"].default, help="(default %(default)s)")
+    p.add_argument("--select-fraction", type=float, default=d["select_fraction"].default,
+                   help="share of --real-train per class kept to select each cell's epoch (default %(default)s)")
+    p.add_argument("--synthetic-per-class", type=_positive_int, default=d["synthetic_per_class"].default,
+                   help="with --diffusion: images per class to draw (default %(default)s)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=d["sampler"].default, help="(default %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=d["steps"].default, help="(default %(default)s)")
+    p.add_argument("--guidance", type=float, default=d["guidance"].default, help="(default %(default)s)")
+    p.add_argument("--start-from", choices=list(STARTS), default=d["start_from"].default, help="(default %(default)s)")
+    p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the first synthetic image (default 0)")
+    p.add_argument("--no-audit", action="store_true", help="skip the synthetic set's audit in the report")
+    p.add_argument("--audit-features", type=_csv(str, "feature specs"), default=("lite0",),
+                   help="feature spaces of the audit, as 'audit --features' (default lite0)")
+    p.add_argument("--keep-weights", action="store_true", help="keep every cell's model.safetensors (default: deleted)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default %(default)s)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new cell after this many minutes; rerun the same command to continue")
+    p.add_argument("--json", action="store_true", help="last line: summary.json as one JSON object")
+    p.set_defaults(func=_cmd_tstr)
+
+
+def _cmd_tstr(args) -> int:
+    from .tstr import PRESETS, TSTRConfig, run_tstr
+
+    config = TSTRConfig(
+        domain=args.domain, real_train=args.real_train, real_test=args.real_test, out=args.out,
+        diffusion=args.diffusion, synthetic=args.synthetic, archs=tuple(args.archs or PRESETS[args.preset]),
+        train_sets=tuple(args.train_sets), fractions=tuple(args.fractions), seeds=tuple(args.seeds),
+        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+        select_fraction=args.select_fraction, synthetic_per_class=args.synthetic_per_class, sampler=args.sampler,
+        steps=args.steps, guidance=args.guidance, start_from=args.start_from, synthetic_seed=args.synthetic_seed,
+        audit=not args.no_audit, audit_features=tuple(args.audit_features), keep_weights=args.keep_weights, device=args.device, max_minutes=args.max_minutes,
+    )
+    summary = run_tstr(config, progress=not args.json,
+                       log=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {Path(args.out) / 'report.md'} ({summary['n_finished']} of {summary['n_cells']} cells)")
+        for t in summary["table"]:
+            se = f" ± {t['accuracy_se']:.3f}" if t["accuracy_se"] is not None else ""
+            print(f"  {t['arch']:<24} {t['train_set']:<9} fraction {t['fraction']:<5g} accuracy {t['accuracy']:.3f}{se}")
+        if summary.get("stopped"):
+            print(summary["stopped"])
+    return 0
+
+
 def _add_training_stats(sub, name: str, help: str, description: str, func) -> None:
     """A command that adds to a diffusion checkpoint what train-diffusion records from its training images."""
     p = sub.add_parser(name, help=help, description=description)
@@ -832,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_audit, _add_class_means, _add_start_prior, _add_card, _add_domains):
+                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_audit, _add_tstr, _add_class_means, _add_start_prior, _add_card, _add_domains):
         add(sub)
     return parser
 

@@ -1,0 +1,161 @@
+"""`medsynth tstr`: the grid of cells, resume, no test image in training or selection, the report, errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pytest
+
+from medsynth.cli import main
+from medsynth.tstr import Cell, TSTRConfig, plan_cells, shard
+
+from conftest import TINY_ARCH, make_dataset
+
+CT = ["covid", "non_covid"]
+
+
+def _hashes(folder):
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tstr")
+    make_dataset(root / "train", CT, n_per_class=14, size=32, channels=1, seed=1)
+    make_dataset(root / "test", CT, n_per_class=6, size=32, channels=1, seed=2)
+    syn = make_dataset(root / "syn", CT, n_per_class=8, size=32, channels=1, seed=3)
+    (syn / "manifest.csv").unlink()
+    (syn / "generation.json").write_text(json.dumps({
+        "synthetic": True, "diffusion_checkpoint": "tiny", "diffusion_domain": "covid_ct", "resolution": 32,
+        "classes": CT, "n_per_class": 8, "sampler": "dpmpp", "steps": 2, "guidance": 1.0, "seed": 0}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_file(timm.create_model(TINY_ARCH, pretrained=False, num_classes=0).state_dict(), str(path))
+    return f"file:{path}@{TINY_ARCH}"
+
+
+def _args(folders, out, *extra):
+    return ["tstr", "--domain", "covid_ct", "--real-train", str(folders / "train"), "--real-test",
+            str(folders / "test"), "--synthetic", str(folders / "syn"), "--out", str(out), "--archs", TINY_ARCH,
+            "--epochs", "1", "--batch-size", "8", "--select-fraction", "0.25", "--json", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(folders, weights, tmp_path_factory):
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1",
+                          "--audit-features", weights)) == 0
+    return out, json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def test_plan_is_the_grid_with_the_synthetic_row_once_per_arch_and_seed():
+    config = TSTRConfig(domain="covid_ct", real_train="a", real_test="b", out="c", synthetic="s", archs=("x", "y"),
+                        fractions=(0.25, 1.0), seeds=(0, 1))
+    cells = plan_cells(config)
+    assert len(cells) == 2 * 2 * (1 + 2 * 2)
+    assert cells[:5] == [Cell("x", "synthetic", 1.0, 0), Cell("x", "real", 1.0, 0), Cell("x", "mixed", 1.0, 0),
+                         Cell("x", "real", 0.25, 0), Cell("x", "mixed", 0.25, 0)]
+    assert len({c.id for c in cells}) == len(cells)
+    parts = [shard(cells, r, 3) for r in range(3)]
+    assert sorted(sum(parts, []), key=cells.index) == cells and all(parts)
+
+
+def test_run_writes_every_cell_and_the_report(finished_run, folders):
+    out, summary = finished_run
+    assert summary["n_cells"] == summary["n_finished"] == 10 and summary["stopped"] is None
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10
+    assert {(r["train_set"], r["fraction"]) for r in rows} == {
+        ("synthetic", "1.0"), ("real", "1.0"), ("mixed", "1.0"), ("real", "0.5"), ("mixed", "0.5")}
+    assert all(r["init"].startswith("random init") for r in rows)  # the tiny test model has no ImageNet weights
+    n = {(r["train_set"], r["fraction"]): int(r["n_train"]) for r in rows}
+    # 14 real images per class, round(14 * 0.25) = 4 of them kept for selection: 10 train per class.
+    assert n[("synthetic", "1.0")] == 16 and n[("real", "1.0")] == 20 and n[("mixed", "1.0")] == 20 + 16
+    assert n[("real", "0.5")] == 10
+    assert all(int(r["n_test"]) == 12 for r in rows) and all("recall_covid" in r for r in rows)
+    table = {(t["train_set"], t["fraction"]): t for t in summary["table"]}
+    assert table[("real", 1.0)]["seeds"] == [0, 1] and table[("real", 1.0)]["accuracy_se"] is not None
+    assert set(summary["cas_ratio"]) == {TINY_ARCH}
+    report = (out / "report.md").read_text()
+    for text in ("**Question.**", "## Set-up", "## Answer", "## Figures", "## The synthetic set", "ratio"):
+        assert text in report, text
+    for name in ("accuracy_by_arch.png", "scarcity.png", "confusion_synthetic.png", "audit/report.md"):
+        assert (out / name).is_file(), name
+    assert not list((out / "cells").rglob("model.safetensors"))  # weights dropped unless --keep-weights
+
+
+def test_no_test_image_is_ever_trained_on_or_selects_an_epoch(finished_run, folders):
+    out, _ = finished_run
+    test = _hashes(folders / "test")
+    used = set()
+    for folder in (out / "data").iterdir():
+        if folder.is_dir():
+            used |= _hashes(folder)
+    for split in (out / "cells").rglob("split.json"):  # what each cell trained on and selected with
+        parts = json.loads(split.read_text())
+        for path in parts["train"] + parts["val"]:
+            used.add(hashlib.sha256(open(path, "rb").read()).hexdigest())
+    assert used and not used & test
+    select = _hashes(out / "data" / "select")
+    assert select <= _hashes(folders / "train") and not select & _hashes(out / "data" / "real_f1_s0")
+
+
+def test_rerun_skips_finished_cells(finished_run, folders, weights, capsys, monkeypatch):
+    out, first = finished_run
+    import medsynth.train_classifier as tc
+
+    monkeypatch.setattr(tc, "train_classifier", lambda recipe: pytest.fail("a finished cell was trained again"))
+    assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1", "--audit-features", weights)) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["table"] == first["table"]
+
+
+def test_interrupted_run_resumes_the_missing_cells(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(folders, out, "--no-audit", "--train-sets", "real,synthetic")) == 0
+    capsys.readouterr()
+    cell = next((out / "cells").iterdir())
+    (cell / "result.json").unlink()  # as if killed before the cell finished
+    assert main(_args(folders, out, "--no-audit", "--train-sets", "real,synthetic")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_finished"] == summary["n_cells"] == 2 and (cell / "result.json").is_file()
+    code = main(_args(folders, out, "--no-audit", "--epochs", "2"))
+    assert code == 2 and "other settings (epochs" in capsys.readouterr().err
+
+
+def test_errors_domain_mismatch_missing_class_and_leaked_test_images(folders, tmp_path, capsys):
+    code = main(_args(folders, tmp_path / "a", "--no-audit")[:2] + ["brain_mri"] + _args(folders, tmp_path / "a")[3:])
+    assert code == 2 and "is not a known class" in capsys.readouterr().err
+    partial = make_dataset(tmp_path / "partial", CT[:1], n_per_class=4, size=32, channels=1)
+    args = _args(folders, tmp_path / "b", "--no-audit")
+    args[args.index("--real-test") + 1] = str(partial)
+    assert main(args) == 2 and "class folder 'non_covid' is missing" in capsys.readouterr().err
+    args = _args(folders, tmp_path / "c", "--no-audit")
+    args[args.index("--real-test") + 1] = str(folders / "train")
+    assert main(args) == 2 and "also in --real-train" in capsys.readouterr().err
+    other = tmp_path / "other_syn"
+    make_dataset(other, CT, n_per_class=2, size=32, channels=1)
+    (other / "manifest.csv").unlink()
+    (other / "generation.json").write_text(json.dumps({"synthetic": True, "diffusion_domain": "brain_mri"}))
+    args = _args(folders, tmp_path / "d", "--no-audit")
+    args[args.index("--synthetic") + 1] = str(other)
+    assert main(args) == 2 and "generated for domain 'brain_mri'" in capsys.readouterr().err
+    assert main(_args(folders, tmp_path / "e", "--fractions", "0,1")) == 2
+    assert "each must be in (0, 1]" in capsys.readouterr().err
