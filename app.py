@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from medsynth import service  # noqa: E402
+from medsynth import reports, service  # noqa: E402
 from medsynth.diffusion import SAMPLERS  # noqa: E402
 from medsynth.domains import DOMAINS, get_domain  # noqa: E402
 from medsynth.errors import MedsynthError  # noqa: E402
@@ -181,6 +181,26 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             parts.append(f"## {folder}\n\n" + body)
         return "\n\n".join(parts)
 
+    shipped_results = Path(__file__).resolve().parent / "benchmarks" / "results"
+    results_roots = [] if in_public_space() else [
+        Path(p) for p in (os.environ.get("MEDSYNTH_RESULTS") or "runs").split(os.pathsep) if p]
+
+    def report_index() -> dict:
+        return {r.label: r for r in reports.find_reports(shipped_results, results_roots)}
+
+    def report_choices() -> list[str]:
+        return list(report_index())
+
+    def show_report(label):
+        """The chosen report's text and its figures (loaded as images: the browser cannot follow its links)."""
+        from PIL import Image
+
+        found = report_index().get(label)
+        if found is None:
+            raise MedsynthError(f"no report named {label!r}; choose one from the list (press Refresh list)")
+        body, figures = reports.read_report(found.path)
+        return body, [(Image.open(path).convert("RGB"), caption) for path, caption in figures]
+
     def base_choices(kind, domain):
         models = store.models(domain, "diffusion" if kind == "diffusion" else "classifier") if domain else []
         return gr.Dropdown(choices=[NO_BASE, *models], value=NO_BASE)
@@ -312,11 +332,27 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                         api_visibility="private")
 
             with gr.Tab("Experiment", id="experiment"):
-                gr.Markdown("Model cards of the installed checkpoints: recipe, validation metrics, confusion matrices. "
-                            "The train-on-synthetic / test-on-real experiment appears here once it lands.")
-                e_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain")
-                e_cards = gr.Markdown(cards_for(next(iter(DOMAINS))))
-                e_domain.change(cards_for, e_domain, e_cards, api_name="model_cards")
+                gr.Markdown("Reports of the study's experiment (`medsynth tstr`: CNNs trained on synthetic, real and "
+                            "mixed images, tested on real scans) and of synthetic-set audits (`medsynth audit`: "
+                            "fidelity, coverage, memorization). The shipped reports come first"
+                            + ("" if in_public_space() else
+                               f"; yours are found under {', '.join(f'`{r}`' for r in results_roots) or 'no folder'} "
+                               "(set MEDSYNTH_RESULTS to add folders)") + ".")
+                first_reports = report_choices()
+                with gr.Row():
+                    e_report = gr.Dropdown(first_reports, value=first_reports[0] if first_reports else None,
+                                           label="report", scale=4)
+                    e_refresh = gr.Button("Refresh list", scale=1)
+                e_body = gr.Markdown(show_report(first_reports[0])[0] if first_reports else "_no reports found_")
+                e_figures = gr.Gallery(show_report(first_reports[0])[1] if first_reports else [], label="figures",
+                                       columns=2, height="auto", object_fit="contain")
+                e_report.change(_user_error(show_report), e_report, [e_body, e_figures], api_name="experiment_report")
+                e_refresh.click(lambda: gr.Dropdown(choices=report_choices()), None, e_report,
+                                api_visibility="private")
+                with gr.Accordion("Model cards of the installed checkpoints", open=False):
+                    e_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain")
+                    e_cards = gr.Markdown(cards_for(next(iter(DOMAINS))))
+                    e_domain.change(cards_for, e_domain, e_cards, api_name="model_cards")
 
             with gr.Tab("Train", id="train"):
                 if in_public_space():
@@ -380,7 +416,8 @@ The study's code was not published; every choice and every number here is medsyn
 """ + "\n".join(f"| {d.title} | {d.dataset} | {d.dataset_license} |" for d in DOMAINS.values()) + """
 
 ImageNet weights: EfficientNet-Lite0/Lite2 by Google (Apache-2.0), PyTorch conversion by ML Illustrated.
-Model cards of the installed checkpoints are in the Experiment tab.
+Reports of the experiment, audits of the synthetic sets and the model cards of the installed checkpoints
+are in the Experiment tab.
 """
 
 

@@ -1,0 +1,98 @@
+"""Finding and reading the reports that ``medsynth tstr`` and ``medsynth audit`` write, for the app.
+
+A report is a folder holding ``report.md`` beside ``summary.json`` (a ``tstr`` run) or ``audit.json``
+(an ``audit``). The app lists the shipped ones (``benchmarks/results/``) first, then those under a
+user's results folder, and shows a report as its text plus its figures (Markdown image links are
+relative to the report's folder, which a browser cannot follow, so figures are returned as files).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+KINDS = {"summary.json": "tstr", "audit.json": "audit"}
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)\s*$")
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path  # the report's folder
+    kind: str  # "tstr" or "audit"
+    domain: str
+    shipped: bool
+
+    @property
+    def label(self) -> str:
+        what = "train on synthetic, test on real" if self.kind == "tstr" else "synthetic-data audit"
+        return f"{self.domain} · {what} · {'shipped' if self.shipped else 'yours'} · {self.path.name}"
+
+
+def _domain_of(folder: Path, record_name: str) -> str | None:
+    try:
+        record = json.loads((folder / record_name).read_text())
+    except (OSError, ValueError):
+        return None
+    if record_name == "summary.json":
+        try:
+            record = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+    return record.get("domain") if isinstance(record, dict) else None
+
+
+def find_reports(shipped_root: str | Path | None, user_roots: Sequence[str | Path] = (), max_depth: int = 4) -> list[Report]:
+    """Every report folder under ``shipped_root`` (first) and ``user_roots``, each listed once.
+
+    Args:
+        shipped_root: the repository's ``benchmarks/results`` (or None).
+        user_roots: further folders to search (``tstr --out`` / ``audit --out`` parents); missing ones are skipped.
+        max_depth: how deep below each root to look.
+    """
+    found: list[Report] = []
+    seen: set[Path] = set()
+    roots = ([(Path(shipped_root), True)] if shipped_root else []) + [(Path(r), False) for r in user_roots]
+    for root, shipped in roots:
+        if not root.is_dir():
+            continue
+        candidates = sorted(p for depth in range(max_depth + 1) for p in root.glob("/".join(["*"] * depth + ["report.md"])))
+        for report in candidates:
+            folder = report.parent.resolve()
+            if folder in seen:
+                continue
+            if (folder.parent / "summary.json").is_file() and folder.name == "audit":
+                continue  # a tstr run's own audit: part of that run's report
+            for record_name, kind in KINDS.items():
+                if (folder / record_name).is_file():
+                    domain = _domain_of(folder, record_name)
+                    if domain:
+                        seen.add(folder)
+                        found.append(Report(report.parent, kind, domain, shipped))
+                    break
+    return found
+
+
+def read_report(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
+    """The report's Markdown without its image lines, and its figures as (file path, caption), in order.
+
+    Figures that are missing on disk are left out; links never leave the report's folder.
+    """
+    folder = Path(folder)
+    text = (folder / "report.md").read_text()
+    lines, figures = [], []
+    root = folder.resolve()
+    for line in text.splitlines():
+        match = _IMAGE.match(line.strip())
+        if not match:
+            lines.append(line)
+            continue
+        target = (folder / match.group(2)).resolve()
+        if root in target.parents and target.is_file():
+            figures.append((str(target), f"{match.group(1)}: {Path(match.group(2)).name}"))
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+    # Links to other files of the report (e.g. audit/report.md) cannot be followed in the app: say where they are.
+    body = re.sub(r"\[([^\]]+)\]\(([^)\s]+\.md)\)", lambda m: f"`{folder / m.group(2)}`", body)
+    return body, figures
