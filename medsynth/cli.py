@@ -741,10 +741,10 @@ def _add_tstr(sub) -> None:
         "'accelerate launch' or torchrun the cells are shared out across processes.",
     )
     p.add_argument("--domain", required=True, choices=sorted(DOMAINS))
-    p.add_argument("--real-train", required=True, help="real training images, one sub-folder per class")
-    p.add_argument("--real-test", required=True, help="real test images, one sub-folder per class (never trained on)")
+    p.add_argument("--real-train", help="real training images, one sub-folder per class")
+    p.add_argument("--real-test", help="real test images, one sub-folder per class (never trained on)")
     p.add_argument("--out", required=True, help="run folder (created; rerun the same command to resume)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--diffusion", help="diffusion checkpoint to draw the synthetic set from (once, into RUN/synthetic)")
     src.add_argument("--synthetic", help="an existing synthetic set (with its generation.json) instead")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
@@ -777,6 +777,16 @@ def _add_tstr(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default %(default)s)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new cell after this many minutes; rerun the same command to continue")
+    p.add_argument("--protocol", choices=["given", "study"], default="given",
+                   help="given: the folders above; study: the paper's protocol, a stratified --study-fraction of "
+                        "--data trains a fresh diffusion model (a GPU job) and the rest is the test set "
+                        "(default %(default)s)")
+    p.add_argument("--data", help="with --protocol study: all real images, one sub-folder per class")
+    p.add_argument("--study-fraction", type=float, default=0.2, help="(default %(default)s)")
+    p.add_argument("--diffusion-steps", type=_positive_int, default=20000,
+                   help="with --protocol study: training steps of the fresh diffusion model (default %(default)s)")
+    p.add_argument("--diffusion-preset", choices=["auto", "tiny", "cpu", "gpu"], default="auto",
+                   help="with --protocol study: model size (auto: gpu on a GPU, else cpu) (default %(default)s)")
     p.add_argument("--json", action="store_true", help="last line: summary.json as one JSON object")
     p.set_defaults(func=_cmd_tstr)
 
@@ -791,7 +801,10 @@ def _cmd_tstr(args) -> int:
         epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
         select_fraction=args.select_fraction, synthetic_per_class=args.synthetic_per_class, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, start_from=args.start_from, synthetic_seed=args.synthetic_seed,
-        audit=not args.no_audit, audit_features=tuple(args.audit_features), keep_weights=args.keep_weights, device=args.device, max_minutes=args.max_minutes,
+        audit=not args.no_audit, audit_features=tuple(args.audit_features), keep_weights=args.keep_weights,
+        device=args.device, max_minutes=args.max_minutes, protocol=args.protocol, data=args.data,
+        study_fraction=args.study_fraction, diffusion_steps=args.diffusion_steps,
+        diffusion_preset=args.diffusion_preset,
     )
     summary = run_tstr(config, progress=not args.json,
                        log=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)))

@@ -57,8 +57,8 @@ class TSTRConfig:
     """Every option of a ``tstr`` run (saved as ``RUN/config.json``; a rerun must match it)."""
 
     domain: str
-    real_train: str
-    real_test: str
+    real_train: str | None
+    real_test: str | None
     out: str
     diffusion: str | None = None
     synthetic: str | None = None  # an existing synthetic set instead of drawing one from --diffusion
@@ -83,13 +83,40 @@ class TSTRConfig:
     keep_weights: bool = False
     device: str = "auto"
     max_minutes: float | None = None
+    # --protocol study: the paper's own. A stratified share (study_fraction) of --data trains a fresh diffusion
+    # model, which draws the synthetic set; the rest of --data is the test set.
+    protocol: str = "given"
+    data: str | None = None
+    study_fraction: float = 0.2
+    diffusion_preset: str = "auto"  # auto: gpu on a GPU, else cpu (tiny: tests)
+    diffusion_steps: int = 20000
 
     def validate(self) -> None:
         from .domains import get_domain
 
         get_domain(self.domain)
+        if self.protocol == "study":
+            if not self.data or self.real_train or self.real_test or self.diffusion or self.synthetic:
+                raise MedsynthError("--protocol study takes --data (all real images) and trains its own diffusion "
+                                    "model on a share of them: leave out --real-train, --real-test, --diffusion and "
+                                    "--synthetic")
+            if not 0 < self.study_fraction < 1:
+                raise MedsynthError(f"--study-fraction must be in (0, 1), got {self.study_fraction}")
+            if self.diffusion_steps < 1:
+                raise MedsynthError(f"--diffusion-steps must be at least 1, got {self.diffusion_steps}")
+            return self._validate_grid()
+        if self.protocol != "given":
+            raise MedsynthError(f"--protocol must be 'given' or 'study', got {self.protocol!r}")
+        if not self.real_train or not self.real_test:
+            raise MedsynthError("give --real-train and --real-test (or --protocol study with --data)")
+        if self.data:
+            raise MedsynthError("--data belongs to --protocol study; with the default protocol give --real-train "
+                                "and --real-test")
         if (self.diffusion is None) == (self.synthetic is None):
             raise MedsynthError("give either --diffusion CHECKPOINT (to draw a synthetic set) or --synthetic SET")
+        self._validate_grid()
+
+    def _validate_grid(self) -> None:
         if not self.archs:
             raise MedsynthError("--archs: give at least one timm architecture")
         bad = [t for t in self.train_sets if t not in TRAIN_SETS]
@@ -345,10 +372,13 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
             raise MedsynthError(f"{run} holds a run with other settings ({', '.join(changed)}: was "
                                 f"{', '.join(str(old.get(k)) for k in changed)}); its cells would not compare. "
                                 "Use a new --out, or the same settings to resume")
+    given = config  # as the user gave it: what config.json keeps and a rerun is compared with
+    if config.protocol == "study":
+        config = study_protocol(config, run, rank, log)
     samples = check_folders(config)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(saved, asdict(config))
+        atomic.write_json(saved, asdict(given))
         synthetic = synthetic_set(config, run, log)
         folders = prepare_data(config, run, samples, synthetic)
         atomic.write_json(run / "data" / "READY.json", {k: str(v) for k, v in folders.items()} | {"synthetic": str(synthetic)})
@@ -377,7 +407,7 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
         run_cell(cell, config, folders, synthetic, run, image_size, progress)
     rows = [r for c in cells for r in [finished(run, c)] if r is not None]
     summary = summarise(rows, config)
-    summary.update(n_cells=len(cells), n_finished=len(rows), stopped=stopped, synthetic=str(synthetic),
+    summary.update(protocol=given.protocol, n_cells=len(cells), n_finished=len(rows), stopped=stopped, synthetic=str(synthetic),
                    image_size=image_size, seconds=round(time.time() - started, 1))
     if len(rows) == len(cells) or rank == 0:
         audit = None
@@ -385,6 +415,46 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
             audit = _audit(config, run, synthetic, log)
         write_outputs(run, config, rows, summary, audit)
     return summary
+
+
+def study_protocol(config: TSTRConfig, run: Path, rank: int, log: Callable[[str], None]) -> TSTRConfig:
+    """The paper's protocol: split --data (stratified, seed 0) into a diffusion-training share and the test set,
+    train a fresh diffusion model on the share (resumable), and return the run's config with the resulting
+    folders and checkpoint in place of --real-train, --real-test and --diffusion."""
+    from dataclasses import replace
+
+    from .data import scan_dataset, stratified_split
+    from .domains import get_domain
+
+    domain = get_domain(config.domain)
+    folder = run / "study"
+    train_dir, test_dir, diffusion = folder / "train", folder / "test", folder / "diffusion"
+    done = folder / "diffusion_done.json"
+    if rank == 0:
+        if not (train_dir.is_dir() and test_dir.is_dir()):
+            samples = scan_dataset(config.data, domain.classes, require_all=True)
+            train, test = stratified_split(samples, 1 - config.study_fraction, seed=0)  # the "val" side: the test set
+            _link_folder(train_dir, [(s.path, domain.classes[s.label], s.path.name) for s in train])
+            _link_folder(test_dir, [(s.path, domain.classes[s.label], s.path.name) for s in test])
+        if not done.is_file():
+            import torch
+
+            from .train_diffusion import DiffusionRecipe, train_diffusion
+
+            preset = config.diffusion_preset if config.diffusion_preset != "auto" else (
+                "gpu" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
+            log(f"training a fresh diffusion model ({preset} preset, {config.diffusion_steps} steps) on {train_dir}")
+            recipe = DiffusionRecipe(domain=config.domain, data=str(train_dir), out=str(diffusion), preset=preset,
+                                     max_steps=config.diffusion_steps, val_fraction=0.0, device=config.device,
+                                     warmup_steps=min(200, max(1, config.diffusion_steps // 10)),
+                                     resume=(diffusion / "checkpoints").is_dir())
+            summary = train_diffusion(recipe)
+            atomic.write_json(done, {"steps": summary.get("steps"), "preset": preset})
+    else:
+        while not done.is_file():
+            time.sleep(5)
+    return replace(config, real_train=str(train_dir), real_test=str(test_dir), diffusion=str(diffusion),
+                   protocol="given")  # data and study_fraction stay, for the report
 
 
 def _audit(config: TSTRConfig, run: Path, synthetic: Path, log) -> dict:
@@ -534,6 +604,9 @@ def report_markdown(config: TSTRConfig, rows: Sequence[dict], summary: dict, aud
              "**Question.** Can a CNN trained on diffusion-generated images classify real scans, compared with the "
              "same CNN trained on real scans, and do synthetic images help when real ones are scarce?", "",
              "## Set-up", "",
+             *([f"- Protocol `study` (the paper's): a stratified {config.study_fraction:.0%} of `{config.data}` "
+                f"trained a fresh diffusion model ({config.diffusion_steps} steps); the rest is the test set."]
+               if summary.get("protocol") == "study" else []),
              f"- Real training images: `{config.real_train}`; {config.select_fraction:.0%} of them per class "
              f"(seeded) select each cell's epoch and are never trained on. Real test images: `{config.real_test}` "
              f"({n_test} images), scored once per cell, never seen in training or selection.",

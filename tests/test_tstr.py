@@ -159,3 +159,23 @@ def test_errors_domain_mismatch_missing_class_and_leaked_test_images(folders, tm
     assert main(args) == 2 and "generated for domain 'brain_mri'" in capsys.readouterr().err
     assert main(_args(folders, tmp_path / "e", "--fractions", "0,1")) == 2
     assert "each must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_study_protocol_trains_its_own_generator_on_a_share_and_tests_on_the_rest(tmp_path, capsys):
+    data = make_dataset(tmp_path / "all", CT, n_per_class=10, size=32, channels=1, seed=4)
+    out = tmp_path / "study"
+    args = ["tstr", "--domain", "covid_ct", "--protocol", "study", "--data", str(data), "--out", str(out),
+            "--diffusion-preset", "tiny", "--diffusion-steps", "2", "--synthetic-per-class", "3", "--sampler", "ddim",
+            "--steps", "2", "--archs", TINY_ARCH, "--epochs", "1", "--batch-size", "4", "--train-sets",
+            "real,synthetic", "--no-audit", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["protocol"] == "study" and summary["n_finished"] == 2
+    train, test = _hashes(out / "study" / "train"), _hashes(out / "study" / "test")
+    assert len(train) == 4 and len(test) == 16 and not train & test  # 20 % per class train the generator
+    assert json.loads((out / "synthetic" / "generation.json").read_text())["diffusion_checkpoint"] == \
+        str(out / "study" / "diffusion")
+    assert "Protocol `study`" in (out / "report.md").read_text()
+    assert main(args) == 0  # resumes: nothing is trained again, the saved settings match
+    assert main(args + ["--real-train", str(data)]) == 2
+    assert "leave out --real-train" in capsys.readouterr().err
