@@ -201,6 +201,78 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         body, figures = reports.read_report(found.path)
         return body, [(Image.open(path).convert("RGB"), caption) for path, caption in figures]
 
+    # -- the experiment as a job (the Train tab's rules: a data root, not in a public Space) -------------
+    def experiment_status():
+        """The latest job if it is a tstr run: status line with cells done, log tail, per-cell accuracy."""
+        from medsynth.tstr import progress_points
+
+        st = manager.status()
+        if st["kind"] != "tstr":
+            return "**no experiment started in this session**", "", EMPTY_CURVE
+        done, total, points = progress_points(st["out_dir"])
+        text = (f"**{st['state']}** · {done} of {total or '?'} cells · {st['elapsed_seconds']:.0f} s · "
+                f"`{st['out_dir']}` · `{st['command']}`")
+        if st.get("returncode") not in (None, 0):
+            text += f" · exit code {st['returncode']} (see the log)"
+        if st["state"] == "finished" and (Path(st["out_dir"]) / "report.md").is_file():
+            text += " · the report is selected above"
+        return text, manager.tail(40), pd.DataFrame(points) if points else EMPTY_CURVE
+
+    def experiment_tick(seen_job):
+        """experiment_status, plus: when a run has just finished, select its report in the list (once)."""
+        text, log, frame = experiment_status()
+        st = manager.status()
+        report = gr.skip()
+        if st["kind"] == "tstr" and st["state"] == "finished" and st["job_id"] != seen_job:
+            seen_job = st["job_id"]
+            mine = [label for label, r in report_index().items()
+                    if r.path.resolve() == Path(st["out_dir"]).resolve()]
+            report = gr.Dropdown(choices=report_choices(), value=mine[0] if mine else None)
+        return text, log, frame, report, seen_job
+
+    @_user_error
+    def start_experiment(domain, real_train, real_test, diffusion_model, preset, train_sets, fractions, seeds,
+                         epochs, per_class, gpus, name):
+        from medsynth.data import scan_dataset
+
+        check_training_allowed()
+        classes = get_domain(domain).classes
+        folders = []
+        for label, text in (("real training folder", real_train), ("real test folder", real_test)):
+            folder = jobs.resolve_data_dir(text, data_root)
+            try:
+                scan_dataset(folder, classes, require_all=True)
+            except MedsynthError as exc:
+                raise MedsynthError(f"{label}: {exc}") from None
+            folders.append(folder)
+        if folders[0] == folders[1]:
+            raise MedsynthError("the real test folder is the training folder; test on images the CNNs never see")
+        if diffusion_model not in store.models(domain, "diffusion"):
+            raise MedsynthError(f"{diffusion_model!r} is not a diffusion model of {domain}; choose one from the list")
+        name = (name or "").strip() or f"tstr_{domain}"
+        if not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith("."):
+            raise MedsynthError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only")
+        if not results_roots:
+            raise MedsynthError("no results folder: set MEDSYNTH_RESULTS to a folder for the runs")
+        out = (results_roots[0] / name).resolve()
+        cmd = jobs.build_tstr_command(
+            domain, folders[0], folders[1], out, diffusion=store.path(domain, diffusion_model), preset=preset,
+            train_sets=tuple(train_sets or ()),
+            fractions=service.number_list(fractions, "fractions", float, 0.01, 1.0, "1.0,0.25,0.1"),
+            seeds=service.number_list(seeds, "seeds", int, 0, 2**31 - 1, "0,1"),
+            epochs=service.whole_number(epochs, "epochs", 1, 1000),
+            synthetic_per_class=service.whole_number(per_class, "synthetic images per class", 1, 100_000),
+            gpus=service.whole_number(gpus, "GPUs", 0, max(jobs.gpu_count(), 0)))
+        manager.start(cmd, str(out), "tstr")
+        return experiment_status()
+
+    @_user_error
+    def cancel_experiment():
+        check_training_allowed()
+        if manager.status()["kind"] == "tstr":  # never stops a Train-tab job from this tab
+            manager.cancel()
+        return experiment_status()
+
     def base_choices(kind, domain):
         models = store.models(domain, "diffusion" if kind == "diffusion" else "classifier") if domain else []
         return gr.Dropdown(choices=[NO_BASE, *models], value=NO_BASE)
@@ -349,6 +421,59 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 e_report.change(_user_error(show_report), e_report, [e_body, e_figures], api_name="experiment_report")
                 e_refresh.click(lambda: gr.Dropdown(choices=report_choices()), None, e_report,
                                 api_visibility="private")
+                with gr.Accordion("Run the experiment", open=False):
+                    if not training_enabled:
+                        gr.Markdown("Runs are off here: " + (
+                            "the public Space shows the shipped reports only." if in_public_space() else
+                            "start the app with MEDSYNTH_DATA_ROOT=/path/to/data to run the experiment on your "
+                            "images.") + " The same run from a terminal: `python -m medsynth tstr ...` "
+                            "(docs/tstr.md).")
+                    gr.Markdown("Trains CNNs on real, synthetic and real+synthetic images at each fraction of your "
+                                "real training folder and seed, tests each on your real test folder, and writes a "
+                                "report that appears in the list above. The synthetic set is drawn once from the "
+                                "chosen diffusion model with the shipped recipe. Starting the same run name again "
+                                "resumes it; one job (this or a Train-tab job) runs at a time.")
+                    x_domains = [d for d in DOMAINS if store.models(d, "diffusion")] or list(DOMAINS)
+                    with gr.Row():
+                        x_domain = gr.Dropdown(x_domains, value=x_domains[0], label="domain")
+                        x_model = gr.Dropdown(store.models(x_domains[0], "diffusion"),
+                                              value=(store.models(x_domains[0], "diffusion") or [None])[0],
+                                              label="diffusion model (draws the synthetic set)")
+                        x_train = gr.Textbox(label="real training folder (inside the data root)",
+                                             placeholder="brain_mri_split/train")
+                        x_test = gr.Textbox(label="real test folder (inside the data root; never trained on)",
+                                            placeholder="brain_mri_split/val")
+                    with gr.Row():
+                        x_preset = gr.Radio(["cpu", "study"], value="cpu", label="architectures",
+                                            info="cpu: EfficientNet-Lite0 and -Lite2; study: the paper's 8 families")
+                        x_sets = gr.CheckboxGroup(["real", "synthetic", "mixed"], value=["real", "synthetic", "mixed"],
+                                                  label="training sets", info="mixed: real plus synthetic")
+                        x_fractions = gr.Textbox("1.0,0.25,0.1", label="fractions of the real training images")
+                        x_seeds = gr.Textbox("0,1", label="seeds")
+                        x_epochs = gr.Number(8, precision=0, minimum=1, label="epochs per CNN")
+                        x_per_class = gr.Number(200, precision=0, minimum=1, label="synthetic images per class")
+                        x_gpus = gr.Number(jobs.gpu_count(), precision=0, minimum=0, maximum=max(jobs.gpu_count(), 0),
+                                           label="GPUs")
+                        x_name = gr.Textbox(label="run name", placeholder="tstr_<domain>")
+                    with gr.Row():
+                        x_start = gr.Button("Start the experiment", variant="primary", interactive=training_enabled)
+                        x_cancel = gr.Button("Cancel", variant="stop", interactive=training_enabled)
+                    x_status = gr.Markdown("**no experiment started in this session**")
+                    x_plot = gr.LinePlot(EMPTY_CURVE, x="x", y="y", color="series", height=240,
+                                         title="test accuracy of each finished CNN, by training set",
+                                         x_title="cell", y_title="accuracy")
+                    x_log = gr.Textbox(label="log (tail)", lines=10, max_lines=10, autoscroll=True)
+                    x_seen = gr.State(None)
+                    x_domain.change(lambda d: gr.Dropdown(choices=store.models(d, "diffusion"),
+                                                          value=(store.models(d, "diffusion") or [None])[0]),
+                                    x_domain, x_model, api_visibility="private")
+                    x_start.click(start_experiment, [x_domain, x_train, x_test, x_model, x_preset, x_sets, x_fractions,
+                                                     x_seeds, x_epochs, x_per_class, x_gpus, x_name],
+                                  [x_status, x_log, x_plot], api_name="experiment_start")
+                    x_cancel.click(cancel_experiment, None, [x_status, x_log, x_plot], api_name="experiment_cancel")
+                    x_timer = gr.Timer(2.0, active=training_enabled)
+                    x_timer.tick(experiment_tick, x_seen, [x_status, x_log, x_plot, e_report, x_seen],
+                                 api_name="experiment_status", queue=False)
                 with gr.Accordion("Model cards of the installed checkpoints", open=False):
                     e_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain")
                     e_cards = gr.Markdown(cards_for(next(iter(DOMAINS))))

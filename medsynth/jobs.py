@@ -29,7 +29,8 @@ from pathlib import Path
 from .domains import DOMAINS
 from .errors import MedsynthError
 
-KINDS = ("diffusion", "classifier")
+TRAINING_KINDS = ("diffusion", "classifier")  # the Train tab's jobs (build_command)
+KINDS = (*TRAINING_KINDS, "tstr")  # every job the manager runs; tstr: the Experiment tab's run of the experiment
 DATA_ROOT_ENV = "MEDSYNTH_DATA_ROOT"
 
 # What each kind of run logs: file in its output folder, x column, y columns (one curve each).
@@ -85,8 +86,8 @@ def build_command(
     a base equal to ``out`` continues that run instead (``--resume``). Every problem is a
     :class:`MedsynthError` whose message says what to change.
     """
-    if kind not in KINDS:
-        raise MedsynthError(f"unknown training kind {kind!r}; expected one of: {', '.join(KINDS)}")
+    if kind not in TRAINING_KINDS:
+        raise MedsynthError(f"unknown training kind {kind!r}; expected one of: {', '.join(TRAINING_KINDS)}")
     if domain not in DOMAINS:
         raise MedsynthError(f"unknown domain {domain!r}; expected one of: {', '.join(DOMAINS)}")
     if kind == "classifier" and steps is not None:
@@ -119,6 +120,62 @@ def build_command(
         else:
             args += ["--init-from", str(base_checkpoint)]
 
+    if not gpus:
+        return [sys.executable, "-m", "medsynth", *args]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
+    if gpus > 1:
+        launch.append("--multi_gpu")
+    return [*launch, "-m", "medsynth", *args]
+
+
+def build_tstr_command(
+    domain: str,
+    real_train: str | os.PathLike,
+    real_test: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    diffusion: str | os.PathLike,
+    preset: str = "cpu",
+    train_sets: tuple[str, ...] = ("real", "synthetic", "mixed"),
+    fractions: tuple[float, ...] = (1.0,),
+    seeds: tuple[int, ...] = (0,),
+    epochs: int | None = None,
+    synthetic_per_class: int | None = None,
+    gpus: int | None = None,
+) -> list[str]:
+    """The argv of a ``medsynth tstr`` run (the Experiment tab's job), checked before anything starts.
+
+    The synthetic set is drawn from ``diffusion`` with the ``tstr`` defaults (the shipped recipe);
+    ``gpus`` >= 1 runs under ``accelerate launch``, which shares the cells out across the GPUs.
+    Rerunning the same command with the same ``out`` resumes the run. Every problem is a
+    :class:`MedsynthError` whose message says what to change.
+    """
+    from .tstr import PRESETS, TRAIN_SETS
+
+    if not train_sets or any(t not in TRAIN_SETS for t in train_sets):
+        raise MedsynthError(f"training sets must be some of {', '.join(TRAIN_SETS)}; got {list(train_sets)}")
+    if domain not in DOMAINS:
+        raise MedsynthError(f"unknown domain {domain!r}; expected one of: {', '.join(DOMAINS)}")
+    if preset not in PRESETS:
+        raise MedsynthError(f"unknown preset {preset!r}; expected one of: {', '.join(PRESETS)}")
+    if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
+                            for f in fractions):
+        raise MedsynthError(f"fractions must be numbers in (0, 1], e.g. 1.0,0.25,0.1; got {list(fractions)}")
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**31 for x in seeds):
+        raise MedsynthError(f"seeds must be whole numbers from 0 to 2**31 - 1, e.g. 0,1; got {list(seeds)}")
+    _check_positive("epochs", epochs)
+    _check_positive("synthetic images per class", synthetic_per_class)
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+        raise MedsynthError(f"gpus must be 0 (CPU or the default device) or a positive number, got {gpus!r}")
+    if gpus and gpus > gpu_count():
+        raise MedsynthError(f"{gpus} GPU(s) asked for, but {gpu_count()} visible; choose at most {gpu_count()}")
+    args = ["tstr", "--domain", domain, "--real-train", str(real_train), "--real-test", str(real_test),
+            "--diffusion", str(diffusion), "--out", str(out), "--preset", preset,
+            "--train-sets", ",".join(t for t in TRAIN_SETS if t in train_sets), "--fractions", ",".join(f"{float(f):g}" for f in fractions), "--seeds", ",".join(str(x) for x in seeds)]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    if synthetic_per_class is not None:
+        args += ["--synthetic-per-class", str(synthetic_per_class)]
     if not gpus:
         return [sys.executable, "-m", "medsynth", *args]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
@@ -193,12 +250,17 @@ def read_loss_points(kind: str, out_dir: str | os.PathLike) -> list[dict]:
     """Loss-curve points of a run's output folder, for a line plot: ``{"x", "y", "series"}`` dicts.
 
     Diffusion: x = step, series "loss" from ``loss.csv``. Classifier: x = epoch, series
-    "train_loss" and (when validated) "val_macro_f1" from ``train_log.csv``. A missing file gives
+    "train_loss" and (when validated) "val_macro_f1" from ``train_log.csv``. tstr: x = finished
+    cell, y = its test accuracy, series = its training set. A missing file gives
     []; a last line without its newline (still being written), rows with missing fields and
     empty or non-finite values are skipped, so a plot of a running job never fails.
     """
     if kind not in KINDS:
         raise MedsynthError(f"unknown training kind {kind!r}; expected one of: {', '.join(KINDS)}")
+    if kind == "tstr":  # an experiment: each finished cell's test accuracy, by training set
+        from .tstr import progress_points
+
+        return progress_points(out_dir)[2]
     name, x_col, y_cols = _LOSS_FILES[kind]
     try:
         text = (Path(out_dir) / name).read_text(encoding="utf-8", errors="replace")

@@ -148,13 +148,31 @@ def whole_number(value, name: str, low: int, high: int) -> int:
         raise MedsynthError(f"{name} is empty; enter a whole number from {low} to {high}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: infinity
         raise MedsynthError(f"{name} must be a whole number, got {value!r}") from None
     if isinstance(value, float) and not value.is_integer():
         raise MedsynthError(f"{name} must be a whole number, got {value!r}")
     if not low <= number <= high:
         raise MedsynthError(f"{name} must be between {low} and {high}, got {number}")
     return number
+
+
+def number_list(text, name: str, kind: type, low: float, high: float, example: str) -> tuple:
+    """A UI text field of comma-separated numbers (``kind`` int or float, each in [low, high]), or a clear error."""
+    parts = [p.strip() for p in str(text if text is not None else "").split(",") if p.strip()]
+    if not parts:
+        raise MedsynthError(f"{name} is empty; enter comma-separated numbers, e.g. {example}")
+    values = []
+    for part in parts:
+        try:
+            value = kind(part)
+        except (TypeError, ValueError, OverflowError):
+            word = "whole numbers" if kind is int else "numbers"
+            raise MedsynthError(f"{name}: {part!r} is not a number; enter comma-separated {word}, e.g. {example}") from None
+        if not (low <= value <= high):  # NaN fails this too
+            raise MedsynthError(f"{name}: {part} is outside [{low:g}, {high:g}]; e.g. {example}")
+        values.append(value)
+    return tuple(dict.fromkeys(values))  # each once, in the order given
 
 
 def plan_jobs(classes: list[str], class_choice: str, count: int, seed: int) -> list[tuple[str, int]]:

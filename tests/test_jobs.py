@@ -84,6 +84,24 @@ def test_build_command_resume_when_base_is_out(tmp_path):
     assert cmd[-1] == "--resume"
 
 
+def test_build_tstr_command(monkeypatch):
+    cmd = jobs.build_tstr_command("brain_mri", "/tr", "/te", "/runs/x", diffusion="/ckpt/diffusion",
+                                  train_sets=("mixed", "real"), fractions=(1.0, 0.25), seeds=(0, 1), epochs=8,
+                                  synthetic_per_class=200)
+    assert cmd == [PY, "-m", "medsynth", "tstr", "--domain", "brain_mri", "--real-train", "/tr", "--real-test", "/te",
+                   "--diffusion", "/ckpt/diffusion", "--out", "/runs/x", "--preset", "cpu", "--train-sets",
+                   "real,mixed", "--fractions", "1,0.25", "--seeds", "0,1", "--epochs", "8",
+                   "--synthetic-per-class", "200"]
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
+    cmd = jobs.build_tstr_command("covid_ct", "/tr", "/te", "/o", diffusion="/d", gpus=2)
+    assert cmd[:6] == [PY, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu"]
+    for kwargs, message in [(dict(preset="gpu"), "unknown preset 'gpu'"), (dict(train_sets=("fake",)), "training sets"),
+                            (dict(fractions=(0.0,)), "fractions must be"), (dict(seeds=(-1,)), "seeds must be"),
+                            (dict(epochs=0), "epochs must be"), (dict(gpus=3), "3 GPU")]:
+        with pytest.raises(MedsynthError, match=message):
+            jobs.build_tstr_command("covid_ct", "/tr", "/te", "/o", diffusion="/d", **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(kind="gan"), "unknown training kind 'gan'; expected one of: diffusion, classifier"),
     (dict(domain="knee_xray"), "unknown domain 'knee_xray'; expected one of: brain_mri, all_blood, covid_ct"),
