@@ -167,7 +167,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
     @_user_error
     def do_explain(image, upload_file, domain, kind, seed, progress=gr.Progress()):
-        lime, cam, summary = service.explain_both(store, pick_source(upload_file, image), domain, kind, int(seed),
+        lime, cam, summary = service.explain_both(store, pick_source(upload_file, image), domain, kind, seed,
                                                   progress=lambda f: progress(f, desc="LIME"))
         return lime, cam, summary
 

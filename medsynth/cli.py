@@ -40,8 +40,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_train_classifier(sub) -> None:
-    from .classify import DEFAULT_ARCH
-    from .train_classifier import ClassifierRecipe as R
+    from .recipes import DEFAULT_ARCH
+    from .recipes import ClassifierRecipe as R
 
     p = sub.add_parser(
         "train-classifier",
@@ -247,7 +247,7 @@ def _cmd_split(args) -> int:
 
 
 def _add_explain(sub) -> None:
-    from .explain import LIME_DEFAULTS, METHODS
+    from .recipes import LIME_DEFAULTS, METHODS
 
     p = sub.add_parser(
         "explain",
@@ -295,8 +295,8 @@ def _cmd_explain(args) -> int:
 
 
 def _add_train_diffusion(sub) -> None:
-    from .diffusion import PRESETS
-    from .train_diffusion import DiffusionRecipe as R
+    from .recipes import UNET_PRESETS as PRESETS
+    from .recipes import DiffusionRecipe as R
 
     p = sub.add_parser(
         "train-diffusion",
@@ -402,7 +402,7 @@ def _cmd_train_diffusion(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .diffusion import SAMPLERS, START_LOG_SNR, STARTS
+    from .recipes import SAMPLERS, START_LOG_SNR, STARTS
 
     p = sub.add_parser(
         "generate",
@@ -726,7 +726,7 @@ def _csv(kind, what: str):
 
 
 def _add_tstr(sub) -> None:
-    from .diffusion import SAMPLERS, STARTS
+    from .recipes import SAMPLERS, STARTS
     from .tstr import PRESETS, TRAIN_SETS, TSTRConfig
 
     d = TSTRConfig.__dataclass_fields__

@@ -20,30 +20,8 @@ import numpy as np
 import torch
 
 from .errors import MedsynthError
-
-#: Named UNet sizes. ``cpu``: 64 px, ~4 M parameters, trainable on two cores in hours.
-#: ``gpu``: 128 px, under 20 M parameters (fp16 weights under 40 MB). ``tiny``: tests.
-PRESETS: dict[str, dict] = {
-    "tiny": dict(
-        resolution=32, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, attention_head_dim=8,
-    ),
-    "cpu": dict(
-        resolution=64, block_out_channels=(32, 64, 128, 128), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        norm_num_groups=32, attention_head_dim=32,
-    ),
-    "gpu": dict(
-        resolution=128, block_out_channels=(64, 128, 128, 192, 192), layers_per_block=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-        norm_num_groups=32, attention_head_dim=32,
-    ),
-}
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
+from .recipes import SAMPLERS, START_LOG_SNR, STARTS  # noqa: F401 (re-exported)
+from .recipes import UNET_PRESETS as PRESETS
 
 
 def create_unet(preset: str, num_classes: int, channels: int, **overrides) -> torch.nn.Module:
@@ -77,22 +55,6 @@ def make_noise_scheduler(prediction_type: str = "epsilon", num_train_timesteps: 
     )
 
 
-#: Sampling starts at the first timestep whose log-SNR, log(sqrt(a_t) / sqrt(1 - a_t)), is at least this
-#: (t = 858 of 1000 on the cosine schedule, a_t = 0.047), from N(sqrt(a_t) * class mean colour, (1 - a_t) I).
-#: An epsilon-predicting network cannot tell x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) where a_t ~ 0: those
-#: estimates are noise, and the first solver steps bake them into the image's mean colour, which the
-#: network later trusts (in training that colour is always visible at t <= 950). Measured on all_blood
-#: after 2,400 steps (24 samples, dpmpp_sde 25, guidance 2, scored by a real-trained 64-px CNN): starting
-#: at t = 999 from pure noise, 25 % recognised (chance) with random hues; at t = 858 with the mean colour,
-#: 87.5 % and the real images' colour. See benchmarks/RESULTS.md.
-START_LOG_SNR = -1.5
-
-#: Where sampling starts, besides the noise: "mean" puts each class's mean colour under the noise at
-#: START_LOG_SNR; "prior" puts a coarse image drawn from a Gaussian fitted to the class's training images
-#: at PRIOR_GRID x PRIOR_GRID px (``start_prior.safetensors``). The real marginal at that noise level still
-#: shows each image's coarse layout, and a flat start leaves every layout to the network's first steps,
-#: which make them alike; the prior restores that variety without storing any training image.
-STARTS = ("mean", "prior")
 PRIOR_FILE = "start_prior.safetensors"
 PRIOR_GRID = 8
 PRIOR_RANK = 32

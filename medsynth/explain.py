@@ -28,10 +28,7 @@ from .classify import Classifier, _as_float_image
 from .errors import MedsynthError
 from .transforms import fit_to_input
 
-METHODS = ("lime", "gradcam")
-#: Defaults measured by benchmarks/explain.py on this project's 2-core CPU reference machine.
-# 512 samples: top-5 stability 0.840 vs 0.848 at 1000 and 0.774 at 256; batch 16: ~2x the CPU throughput of 64.
-LIME_DEFAULTS = dict(num_samples=512, n_segments=40, compactness=10.0, num_features=5, batch_size=16)
+from .recipes import LIME_DEFAULTS, METHODS  # noqa: F401 (re-exported)
 
 
 @dataclass

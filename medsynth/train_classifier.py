@@ -19,7 +19,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,80 +28,14 @@ from tqdm.auto import tqdm
 
 from . import atomic
 from .cards import classifier_card
-from .classify import DEFAULT_ARCH, ClassifierConfig, create_classifier, default_normalization, save_checkpoint
+from .classify import ClassifierConfig, create_classifier, default_normalization, save_checkpoint
 from .data import ArrayDataset, load_resized, read_provenance, scan_dataset, stratified_split
 from .domains import get_domain
 from .errors import MedsynthError
 from .hardware import describe, make_accelerator
 from .metrics import classification_metrics
+from .recipes import DEFAULT_ARCH, ClassifierRecipe  # noqa: F401 (re-exported)
 from .transforms import Normalize, build_augmentation
-
-
-@dataclass
-class ClassifierRecipe:
-    """Every option of a classifier training run (saved as ``args.json`` beside the weights)."""
-
-    domain: str
-    data: str
-    out: str
-    arch: str | None = DEFAULT_ARCH  # None: the default, or the --init-from checkpoint's
-    pretrained: bool = True
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    balance: str = "weights"  # "weights" (class-weighted loss) or "none"
-    augment: str = "domain"  # "domain" (the domain's augmentations) or "strong" (wider, plus blur/noise/gamma/erasing)
-    mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs; 0 = off
-    freeze_stages: int = 0  # keep the stem and the first N-1 stages at their initial weights (timm's coarse groups)
-    ema: float = 0.0  # per-step decay of a moving average of the weights, validated and kept instead; 0 = off
-    image_size: int | None = None  # None: the domain's default classifier size
-    # Every image passes through this resolution before image_size (ClassifierConfig.source_size).
-    # None: the generator's resolution when DATA is a synthetic folder at a lower one than image_size
-    # (or the --init-from checkpoint's); 0: never.
-    source_size: int | None = None
-    val_fraction: float = 0.15
-    val_data: str | None = None  # a separate labelled folder for validation (e.g. real images)
-    patience: int = 6  # epochs without a better validation macro-F1 before stopping; 0 = never
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else no) | no | fp16 | bf16
-    num_workers: int = 0
-    max_minutes: float | None = None
-    init_from: str | None = None  # fine-tune a medsynth classifier checkpoint instead of starting from ImageNet
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise MedsynthError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise MedsynthError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise MedsynthError(f"--lr must be positive, got {self.lr}")
-        if self.image_size is not None and self.image_size < 32:
-            raise MedsynthError(f"--image-size must be at least 32, got {self.image_size}")
-        if self.source_size is not None and self.source_size < 0:
-            raise MedsynthError(f"--source-size must be a size in px, or 0 for none, got {self.source_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise MedsynthError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.augment not in ("domain", "strong"):
-            raise MedsynthError(f"--augment must be 'domain' or 'strong', got {self.augment!r}")
-        if self.mixup < 0:
-            raise MedsynthError(f"--mixup must be >= 0 (0 = off), got {self.mixup}")
-        if not 0.0 <= self.ema < 1.0:
-            raise MedsynthError(f"--ema must be a per-step decay in [0, 1), e.g. 0.995 (0 = off), got {self.ema}")
-        if self.freeze_stages < 0:
-            raise MedsynthError(f"--freeze-stages must be >= 0, got {self.freeze_stages}")
-        if self.balance not in ("weights", "none"):
-            raise MedsynthError(f"--balance must be 'weights' or 'none', got {self.balance!r}")
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise MedsynthError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise MedsynthError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.num_workers < 0:
-            raise MedsynthError(f"--num-workers must be >= 0, got {self.num_workers}")
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):

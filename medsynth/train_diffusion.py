@@ -22,7 +22,7 @@ import io
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -40,68 +40,9 @@ from .diffusion import (
 from .domains import get_domain
 from .errors import MedsynthError
 from .hardware import describe, make_accelerator
+from .recipes import DiffusionRecipe  # noqa: F401 (re-exported)
 from .train_classifier import warmup_cosine
 from .transforms import RandomRot90, ToSymmetric
-
-
-@dataclass
-class DiffusionRecipe:
-    """Every option of a diffusion training run (saved as ``args.json``)."""
-
-    domain: str
-    data: str
-    out: str
-    preset: str = "cpu"
-    resolution: int | None = None  # None: the preset's
-    block_out_channels: tuple[int, ...] | None = None
-    layers_per_block: int | None = None
-    prediction_type: str = "epsilon"  # or "v_prediction"
-    snr_gamma: float = 5.0  # Min-SNR-gamma; 0 = plain MSE
-    batch_size: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    max_steps: int = 20000
-    max_minutes: float | None = None
-    class_dropout: float = 0.1
-    ema_decay: float = 0.9995
-    grad_clip: float = 1.0
-    val_fraction: float = 0.1  # kept aside (listed in split.json) for image-quality metrics
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "auto"
-    num_workers: int = 0
-    log_every: int = 10
-    sample_every: int = 250
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    save_dtype: str = "fp32"  # dtype of the exported pipeline weights: fp32 or fp16
-    init_from: str | None = None  # fine-tune a diffusion checkpoint (its architecture and resolution are kept)
-    resume: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise MedsynthError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        for name in ("batch_size", "max_steps", "log_every", "sample_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise MedsynthError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.resolution is not None and self.resolution < 16:
-            raise MedsynthError(f"--resolution must be at least 16, got {self.resolution}")
-        if not self.lr > 0:
-            raise MedsynthError(f"--lr must be positive, got {self.lr}")
-        if not 0.0 <= self.class_dropout < 1.0:
-            raise MedsynthError(f"--class-dropout must be in [0, 1), got {self.class_dropout}")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise MedsynthError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}")
-        if self.save_dtype not in ("fp32", "fp16"):
-            raise MedsynthError(f"--save-dtype must be fp32 or fp16, got {self.save_dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise MedsynthError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-
-    @property
-    def training_resolution(self) -> int:
-        return self.resolution or PRESETS[self.preset]["resolution"]
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:

@@ -276,3 +276,12 @@ def test_detect_arch_recognises_inception_and_dinov2_names():
         "vit_small_patch14_dinov2"
     with pytest.raises(MedsynthError, match="@TIMM_ARCH"):
         detect_arch({"conv.weight": torch.zeros(1)})
+
+
+def test_a_rebuilt_model_card_keeps_its_audit_section():
+    from medsynth.audit import CARD_SECTION
+    from medsynth.cards import _keep_measured_sections
+
+    old = f"# card\n\nrecipe\n\n{CARD_SECTION}\n\nFD 65.4; consistent with no copying\n\n## Licence\n\nx\n"
+    rebuilt = _keep_measured_sections(old, "# card\n\nnew recipe\n")
+    assert f"{CARD_SECTION}\n\nFD 65.4; consistent with no copying\n" in rebuilt and "new recipe" in rebuilt

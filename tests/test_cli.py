@@ -188,3 +188,21 @@ def test_two_processes_under_torchrun(tmp_path):
     summary = json.loads(lines[0])
     assert summary["epochs_run"] == 1 and "2 processes" in summary["hardware"]
     assert (tmp_path / "clf" / "model.safetensors").exists()
+
+
+def test_help_and_argument_errors_import_no_heavy_library():
+    """--help and a bad option answer without torch, timm, diffusers or gradio (the CLI's start-up time)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['medsynth'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('medsynth', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "heavy = sorted(m for m in ('torch', 'timm', 'diffusers', 'gradio', 'sklearn') if m in sys.modules)\n"
+             "print('HEAVY', heavy, 'EXIT', code)\n")
+    for argv in (["--help"], ["generate", "--help"], ["train-classifier", "--help"], ["tstr", "--help"],
+                 ["audit", "--help"], ["generate", "--steps", "x"]):
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        last = out.stdout.strip().splitlines()[-1]
+        assert last.startswith("HEAVY [] EXIT"), (argv, last, out.stderr[-500:])
