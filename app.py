@@ -208,7 +208,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
         st = manager.status()
         if st["kind"] != "tstr":
-            return "**no experiment started in this session**", "", EMPTY_CURVE
+            note = (f" (a Train-tab job is {st['state']}; one job runs at a time)" if st["state"] == "running" else "")
+            return "**no experiment started since the app started**" + note, "", EMPTY_CURVE
         done, total, points = progress_points(st["out_dir"])
         text = (f"**{st['state']}** · {done} of {total or '?'} cells · {st['elapsed_seconds']:.0f} s · "
                 f"`{st['out_dir']}` · `{st['command']}`")
@@ -227,26 +228,29 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             seen_job = st["job_id"]
             mine = [label for label, r in report_index().items()
                     if r.path.resolve() == Path(st["out_dir"]).resolve()]
-            report = gr.Dropdown(choices=report_choices(), value=mine[0] if mine else None)
+            report = gr.Dropdown(choices=report_choices(), value=mine[0]) if mine else gr.skip()
         return text, log, frame, report, seen_job
 
     @_user_error
     def start_experiment(domain, real_train, real_test, diffusion_model, preset, train_sets, fractions, seeds,
                          epochs, per_class, gpus, name):
+        from medsynth import tstr
         from medsynth.data import scan_dataset
 
         check_training_allowed()
         classes = get_domain(domain).classes
         folders = []
         for label, text in (("real training folder", real_train), ("real test folder", real_test)):
-            folder = jobs.resolve_data_dir(text, data_root)
             try:
+                folder = jobs.resolve_data_dir(text, data_root)
                 scan_dataset(folder, classes, require_all=True)
             except MedsynthError as exc:
                 raise MedsynthError(f"{label}: {exc}") from None
             folders.append(folder)
         if folders[0] == folders[1]:
             raise MedsynthError("the real test folder is the training folder; test on images the CNNs never see")
+        if not store.models(domain, "diffusion"):
+            raise MedsynthError(f"no diffusion model of {domain} is installed; train one in the Train tab first")
         if diffusion_model not in store.models(domain, "diffusion"):
             raise MedsynthError(f"{diffusion_model!r} is not a diffusion model of {domain}; choose one from the list")
         name = (name or "").strip() or f"tstr_{domain}"
@@ -255,6 +259,11 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         if not results_roots:
             raise MedsynthError("no results folder: set MEDSYNTH_RESULTS to a folder for the runs")
         out = (results_roots[0] / name).resolve()
+        tstr.check_same_run(out, domain=domain, real_train=str(folders[0]), real_test=str(folders[1]),
+                             diffusion=str(store.path(domain, diffusion_model)),
+                             epochs=service.whole_number(epochs, "epochs", 1, 1000),
+                             synthetic_per_class=service.whole_number(per_class, "synthetic images per class", 1,
+                                                                      100_000))
         cmd = jobs.build_tstr_command(
             domain, folders[0], folders[1], out, diffusion=store.path(domain, diffusion_model), preset=preset,
             train_sets=tuple(train_sets or ()),
@@ -269,8 +278,10 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
     @_user_error
     def cancel_experiment():
         check_training_allowed()
-        if manager.status()["kind"] == "tstr":  # never stops a Train-tab job from this tab
-            manager.cancel()
+        st = manager.status()
+        if st["state"] == "running" and st["kind"] != "tstr":
+            raise MedsynthError("the running job was started in the Train tab; cancel it there")
+        manager.cancel(kind="tstr")  # never a Train-tab job, even one started since the line above
         return experiment_status()
 
     def base_choices(kind, domain):
@@ -431,8 +442,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                     gr.Markdown("Trains CNNs on real, synthetic and real+synthetic images at each fraction of your "
                                 "real training folder and seed, tests each on your real test folder, and writes a "
                                 "report that appears in the list above. The synthetic set is drawn once from the "
-                                "chosen diffusion model with the shipped recipe. Starting the same run name again "
-                                "resumes it; one job (this or a Train-tab job) runs at a time.")
+                                "chosen diffusion model with the shipped recipe. Starting the same run name with the "
+                                "same settings resumes it; one job (this or a Train-tab job) runs at a time.")
                     x_domains = [d for d in DOMAINS if store.models(d, "diffusion")] or list(DOMAINS)
                     with gr.Row():
                         x_domain = gr.Dropdown(x_domains, value=x_domains[0], label="domain")
@@ -445,7 +456,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                             placeholder="brain_mri_split/val")
                     with gr.Row():
                         x_preset = gr.Radio(["cpu", "study"], value="cpu", label="architectures",
-                                            info="cpu: EfficientNet-Lite0 and -Lite2; study: the paper's 8 families")
+                                            info="cpu: EfficientNet-Lite0 and -Lite2 (ImageNet weights); study: the paper's 8 "
+                                                 "families, which start from random weights offline")
                         x_sets = gr.CheckboxGroup(["real", "synthetic", "mixed"], value=["real", "synthetic", "mixed"],
                                                   label="training sets", info="mixed: real plus synthetic")
                         x_fractions = gr.Textbox("1.0,0.25,0.1", label="fractions of the real training images")
@@ -458,7 +470,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                     with gr.Row():
                         x_start = gr.Button("Start the experiment", variant="primary", interactive=training_enabled)
                         x_cancel = gr.Button("Cancel", variant="stop", interactive=training_enabled)
-                    x_status = gr.Markdown("**no experiment started in this session**")
+                    x_status = gr.Markdown("**no experiment started since the app started**")
                     x_plot = gr.LinePlot(EMPTY_CURVE, x="x", y="y", color="series", height=240,
                                          title="test accuracy of each finished CNN, by training set",
                                          x_title="cell", y_title="accuracy")

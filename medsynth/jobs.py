@@ -349,8 +349,10 @@ class JobManager:
             running = self._job
             if running is not None and running.state == "running":
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(running.started))
+                what = "an experiment (Experiment tab)" if running.kind == "tstr" else "a training job (Train tab)"
                 raise MedsynthError(
-                    f"a training job is already running (started {when}, job {running.job_id}); cancel it or wait"
+                    f"{what} is already running (started {when}, job {running.job_id}); one job runs at a time: "
+                    "cancel it or wait"
                 )
             job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
             log_path = self.jobs_dir / job_id / "log.txt"
@@ -407,15 +409,16 @@ class JobManager:
         job.watcher.join(timeout)
         return job.state
 
-    def cancel(self) -> bool:
-        """Stop the running job and every process it started; False if none was running.
+    def cancel(self, kind: str | None = None) -> bool:
+        """Stop the running job and every process it started; False if none was running (or, with
+        ``kind``, if the running job is of another kind: checked under the lock, so no race).
 
         SIGTERM goes to the job's whole process group; whatever has not exited after
         ``cancel_timeout`` seconds gets SIGKILL. Blocks until the job's main process has ended.
         """
         with self._lock:
             job = self._job
-            if job is None or job.state != "running":
+            if job is None or job.state != "running" or (kind is not None and job.kind != kind):
                 return False
             job.cancelled = True
         pgid = job.process.pid  # start_new_session: the job leads its own process group

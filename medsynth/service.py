@@ -164,13 +164,14 @@ def number_list(text, name: str, kind: type, low: float, high: float, example: s
         raise MedsynthError(f"{name} is empty; enter comma-separated numbers, e.g. {example}")
     values = []
     for part in parts:
+        word = "a whole number" if kind is int else "a number"
         try:
             value = kind(part)
         except (TypeError, ValueError, OverflowError):
-            word = "whole numbers" if kind is int else "numbers"
-            raise MedsynthError(f"{name}: {part!r} is not a number; enter comma-separated {word}, e.g. {example}") from None
+            raise MedsynthError(f"{name}: {part!r} is not {word}; enter comma-separated values, e.g. {example}") from None
         if not (low <= value <= high):  # NaN fails this too
-            raise MedsynthError(f"{name}: {part} is outside [{low:g}, {high:g}]; e.g. {example}")
+            bounds = f"{low} to {high}" if kind is int else f"{low:g} to {high:g}"
+            raise MedsynthError(f"{name}: {part} is outside {bounds}; e.g. {example}")
         values.append(value)
     return tuple(dict.fromkeys(values))  # each once, in the order given
 

@@ -97,10 +97,13 @@ class TSTRConfig:
 
         get_domain(self.domain)
         if self.protocol == "study":
-            if not self.data or self.real_train or self.real_test or self.diffusion or self.synthetic:
-                raise MedsynthError("--protocol study takes --data (all real images) and trains its own diffusion "
-                                    "model on a share of them: leave out --real-train, --real-test, --diffusion and "
-                                    "--synthetic")
+            if not self.data:
+                raise MedsynthError("--protocol study needs --data: all your real images, one sub-folder per class "
+                                    "(a share trains a fresh diffusion model, the rest is the test set)")
+            extra = [f for f, v in (("--real-train", self.real_train), ("--real-test", self.real_test),
+                                    ("--diffusion", self.diffusion), ("--synthetic", self.synthetic)) if v]
+            if extra:
+                raise MedsynthError(f"--protocol study makes its own split and generator: leave out {', '.join(extra)}")
             if not 0 < self.study_fraction < 1:
                 raise MedsynthError(f"--study-fraction must be in (0, 1), got {self.study_fraction}")
             if self.diffusion_steps < 1:
@@ -146,6 +149,9 @@ class TSTRConfig:
         for k in ("out", "archs", "train_sets", "fractions", "seeds", "max_minutes", "keep_weights", "audit",
                   "audit_features", "device"):
             d.pop(k)
+        if self.protocol != "study":  # ignored by the default protocol, so they do not set a run apart
+            for k in ("data", "study_fraction", "diffusion_steps", "diffusion_preset"):
+                d.pop(k)
         return d
 
 
@@ -185,21 +191,37 @@ def progress_points(run: str | os.PathLike) -> tuple[int, int, list[dict]]:
     """
     run = Path(run)
     try:
-        fields = {f for f in TSTRConfig.__dataclass_fields__}
-        config = TSTRConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in json.loads((run / "config.json").read_text()).items() if k in fields})
-    except (OSError, ValueError, TypeError):
+        record = json.loads((run / "config.json").read_text())
+        fields = set(TSTRConfig.__dataclass_fields__)
+        config = TSTRConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields})
+    except (OSError, ValueError, TypeError, AttributeError):  # missing, half-written or not a JSON object
         return 0, 0, []
     done = []
     for cell in plan_cells(config):
         path = run / "cells" / cell.id / "result.json"
         row = finished(run, cell)
-        if row is not None and isinstance(row.get("accuracy"), (int, float)):
+        if isinstance(row, dict) and isinstance(row.get("accuracy"), (int, float)):
             done.append((path.stat().st_mtime, row))
     done.sort(key=lambda item: item[0])
     points = [{"x": i + 1, "y": float(row["accuracy"]), "series": str(row.get("train_set"))}
               for i, (_, row) in enumerate(done)]
     return len(done), len(plan_cells(config)), points
+
+
+def check_same_run(run: str | os.PathLike, **settings) -> None:
+    """Refuse to start into ``run`` when its ``config.json`` records other values for ``settings``
+    (a resume with other settings would be refused by the run itself, after it started)."""
+    try:
+        previous = json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # a new run (or an unreadable record, which the run itself reports)
+    if not isinstance(previous, dict):
+        return
+    changed = [k for k, v in settings.items() if k in previous and previous[k] != v]
+    if changed:
+        raise MedsynthError(f"{Path(run).name} holds a run with other settings ({', '.join(changed)}: was "
+                            f"{', '.join(str(previous[k]) for k in changed)}); choose another run name, or the "
+                            "same settings to resume it")
 
 
 def shard(cells: Sequence[Cell], rank: int, world: int) -> list[Cell]:
@@ -362,9 +384,10 @@ def finished(run: Path, cell: Cell) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
     except ValueError:
         return None  # a damaged marker: the cell runs again
+    return row if isinstance(row, dict) else None
 
 
 def _hide_distribution() -> tuple[int, int]:
@@ -404,7 +427,8 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
                                 "Use a new --out, or the same settings to resume")
     given = config  # as the user gave it: what config.json keeps and a rerun is compared with
     if config.protocol == "study":
-        config = study_protocol(config, run, rank, log)
+        # recorded before the generator's hours of training, so that a rerun with other settings is refused
+        config = study_protocol(config, run, rank, log, record=lambda: atomic.write_json(saved, asdict(given)))
     samples = check_folders(config)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
@@ -448,10 +472,14 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
     return summary
 
 
-def study_protocol(config: TSTRConfig, run: Path, rank: int, log: Callable[[str], None]) -> TSTRConfig:
+def study_protocol(config: TSTRConfig, run: Path, rank: int, log: Callable[[str], None],
+                   record: Callable[[], None] = lambda: None) -> TSTRConfig:
     """The paper's protocol: split --data (stratified, seed 0) into a diffusion-training share and the test set,
     train a fresh diffusion model on the share (resumable), and return the run's config with the resulting
-    folders and checkpoint in place of --real-train, --real-test and --diffusion."""
+    folders and checkpoint in place of --real-train, --real-test and --diffusion.
+
+    Images with the same content (duplicates in --data) always land on the same side, so no test image is
+    also a training image. ``record`` is called once the split exists, before the generator trains."""
     from dataclasses import replace
 
     from .data import scan_dataset, stratified_split
@@ -463,10 +491,23 @@ def study_protocol(config: TSTRConfig, run: Path, rank: int, log: Callable[[str]
     done = folder / "diffusion_done.json"
     if rank == 0:
         if not (train_dir.is_dir() and test_dir.is_dir()):
-            samples = scan_dataset(config.data, domain.classes, require_all=True)
-            train, test = stratified_split(samples, 1 - config.study_fraction, seed=0)  # the "val" side: the test set
+            try:
+                samples = scan_dataset(config.data, domain.classes, require_all=True)
+            except MedsynthError as exc:
+                raise MedsynthError(f"--data: {exc}") from None
+            groups: dict[str, list] = {}
+            for sample in samples:
+                groups.setdefault(_hash(sample.path), []).append(sample)
+            first = {group[0].path: group for group in groups.values()}
+            if len(groups) < len(samples):
+                log(f"--data holds {len(samples) - len(groups)} duplicate images; each stays beside its original")
+            # split one image per content, then bring its duplicates along: the "val" side is the test set
+            train, test = (
+                [m for s in part for m in first[s.path]]
+                for part in stratified_split([g[0] for g in groups.values()], 1 - config.study_fraction, seed=0))
             _link_folder(train_dir, [(s.path, domain.classes[s.label], s.path.name) for s in train])
             _link_folder(test_dir, [(s.path, domain.classes[s.label], s.path.name) for s in test])
+        record()
         if not done.is_file():
             import torch
 

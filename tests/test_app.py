@@ -241,8 +241,10 @@ def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, t
         ({2: "one_class"}, "real test folder: .*class folder 'non_covid' is missing"),
         ({2: "split/train"}, "the real test folder is the training folder"),
         ({6: "1.0,abc"}, "fractions: 'abc' is not a number"),
-        ({6: "1.5"}, r"fractions: 1.5 is outside \[0.01, 1\]"),
-        ({7: "nan"}, "seeds: 'nan' is not a number"),
+        ({1: "no_such_folder"}, "real training folder: data folder .*no_such_folder does not exist"),
+        ({6: "1.5"}, "fractions: 1.5 is outside 0.01 to 1"),
+        ({7: "nan"}, "seeds: 'nan' is not a whole number"),
+        ({7: "-1"}, "seeds: -1 is outside 0 to 2147483647"),
         ({8: float("inf")}, "epochs must be a whole number"),
         ({5: []}, "training sets must be some of"),
         ({11: "../up"}, "run name '../up': use letters"),
@@ -253,7 +255,7 @@ def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, t
         with pytest.raises(gr.Error, match=message):
             start(*args)
     text, _, _ = start(*ok)
-    assert text.startswith("**running**") and "tstr" in text
+    assert text.startswith("**running**") and "0 of " in text and "medsynth tstr --domain covid_ct" in text
     deadline = time.time() + 300
     while time.time() < deadline:
         text, log, frame, report, seen = fns["experiment_status"](None)
@@ -266,6 +268,9 @@ def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, t
     assert (tmp_path / "results" / "tstr_covid_ct" / "report.md").is_file()
     _, _, _, again, _ = fns["experiment_status"](seen)  # selected once, not again on every tick
     assert not isinstance(again, gr.Dropdown)
+    with pytest.raises(gr.Error, match="tstr_covid_ct holds a run with other settings .epochs: was 1.; choose another"):
+        start(*ok[:8], 2, *ok[9:])
+    assert fns["experiment_cancel"]()[0].startswith("**finished**")  # nothing running: nothing to stop
 
 
 def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypatch):

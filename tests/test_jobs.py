@@ -188,9 +188,11 @@ def test_running_job_status_refusal_and_cancel(manager, tmp_path):
     _wait_for(lambda: "hello" in manager.tail().splitlines())  # not the "$ command" line
     status = manager.status()
     assert status["state"] == "running" and status["returncode"] is None and status["started"] <= time.time()
-    with pytest.raises(MedsynthError, match=r"a training job is already running \(started .*\); cancel it or wait"):
+    with pytest.raises(MedsynthError, match=r"a training job \(Train tab\) is already running \(started .*\); one job "
+                                            "runs at a time: cancel it or wait"):
         manager.start(LONG, tmp_path / "out2", "diffusion")
     assert manager.wait(0.1) == "running"
+    assert manager.cancel(kind="tstr") is False and manager.status()["state"] == "running"  # not an experiment
     assert manager.cancel() is True
     status = manager.status()
     assert status["state"] == "cancelled" and status["returncode"] is not None and status["job_id"] == job.job_id

@@ -162,7 +162,11 @@ def test_errors_domain_mismatch_missing_class_and_leaked_test_images(folders, tm
 
 
 def test_study_protocol_trains_its_own_generator_on_a_share_and_tests_on_the_rest(tmp_path, capsys):
+    import shutil
+
     data = make_dataset(tmp_path / "all", CT, n_per_class=10, size=32, channels=1, seed=4)
+    for i in range(3):  # duplicates (as in public scan collections) must stay on one side of the split
+        shutil.copy(data / "covid" / f"covid_{i:03d}.png", data / "covid" / f"copy_{i}.png")
     out = tmp_path / "study"
     args = ["tstr", "--domain", "covid_ct", "--protocol", "study", "--data", str(data), "--out", str(out),
             "--diffusion-preset", "tiny", "--diffusion-steps", "2", "--synthetic-per-class", "3", "--sampler", "ddim",
@@ -172,10 +176,14 @@ def test_study_protocol_trains_its_own_generator_on_a_share_and_tests_on_the_res
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["protocol"] == "study" and summary["n_finished"] == 2
     train, test = _hashes(out / "study" / "train"), _hashes(out / "study" / "test")
-    assert len(train) == 4 and len(test) == 16 and not train & test  # 20 % per class train the generator
+    assert len(train) == 4 and len(test) == 16 and not train & test  # 20 % per content and class train the generator
+    n_linked = sum(1 for part in ("train", "test") for _ in (out / "study" / part).rglob("*.png"))
+    assert n_linked == 23  # the copies came along with their originals
     assert json.loads((out / "synthetic" / "generation.json").read_text())["diffusion_checkpoint"] == \
         str(out / "study" / "diffusion")
     assert "Protocol `study`" in (out / "report.md").read_text()
     assert main(args) == 0  # resumes: nothing is trained again, the saved settings match
     assert main(args + ["--real-train", str(data)]) == 2
     assert "leave out --real-train" in capsys.readouterr().err
+    other = args + ["--study-fraction", "0.5"]
+    assert main(other) == 2 and "other settings (study_fraction" in capsys.readouterr().err
