@@ -668,6 +668,49 @@ def _pm(v: float, se: float | None) -> str:
     return f"{v:.3f} ± {se:.3f}" if se is not None else f"{v:.3f}"
 
 
+def in_short(table: Sequence[dict], n_test: int) -> list[str]:
+    """The answer in words, per architecture: synthetic-only against real-only at the full real set, and
+    whether adding the synthetic set to the real images helps, hurts or makes no clear difference at each
+    fraction (a difference beyond twice its standard error over seeds, the two errors combined)."""
+    def find(arch, train_set, fraction=None):
+        return next((t for t in table if t["arch"] == arch and t["train_set"] == train_set
+                     and (fraction is None or t["fraction"] == fraction)), None)
+
+    def diff(a: dict, b: dict) -> tuple[float, float | None]:
+        d = a["accuracy"] - b["accuracy"]
+        se = (math.hypot(a["accuracy_se"], b["accuracy_se"])
+              if a["accuracy_se"] is not None and b["accuracy_se"] is not None else None)
+        return d, se
+
+    def judge(d: float, se: float | None) -> str:
+        if se is None:
+            return "one seed: no error bar"
+        if se == 0:
+            return "no spread over seeds" if d == 0 else ("helps" if d > 0 else "hurts")
+        return "helps" if d > 2 * se else "hurts" if d < -2 * se else "no clear difference"
+
+    lines = []
+    for arch in dict.fromkeys(t["arch"] for t in table):
+        parts = []
+        real, syn = find(arch, "real", 1.0), find(arch, "synthetic")
+        if syn and real:
+            d, se = diff(syn, real)
+            parts.append(f"synthetic only {syn['accuracy']:.3f} against real only {real['accuracy']:.3f} "
+                         f"({d:+.3f}" + (f" ± {se:.3f}" if se is not None else "") + ")")
+        for fraction in sorted({t["fraction"] for t in table if t["arch"] == arch and t["train_set"] == "mixed"},
+                               reverse=True):
+            mixed, base = find(arch, "mixed", fraction), find(arch, "real", fraction)
+            if mixed and base:
+                d, se = diff(mixed, base)
+                parts.append(f"adding the synthetic set at {fraction:g} of the real images: {d:+.3f}"
+                             + (f" ± {se:.3f}" if se is not None else "") + f" ({judge(d, se)})")
+        if parts:
+            lines.append(f"- **{arch}**: " + "; ".join(parts) + ".")
+    if lines and n_test:
+        lines.append(f"- One test image is {1 / n_test:.3f} of accuracy ({n_test} test images).")
+    return lines
+
+
 def report_markdown(config: TSTRConfig, rows: Sequence[dict], summary: dict, audit: dict | None) -> str:
     """``report.md``: the question, the set-up, the answer in one table, then the figures and the audit."""
     table = summary["table"]
@@ -699,6 +742,10 @@ def report_markdown(config: TSTRConfig, rows: Sequence[dict], summary: dict, aud
         lines.append(f"| {t['arch']} | {t['init']} | {t['train_set']} | "
                      f"{'–' if t['train_set'] == 'synthetic' else format(t['fraction'], 'g')} | {t['n_train']} | "
                      f"{_pm(t['accuracy'], t['accuracy_se'])} | {_pm(t['macro_f1'], t['macro_f1_se'])} |")
+    short = in_short(summary["table"], n_test)
+    if short:
+        lines += ["", "**In short** (a difference counts when it exceeds twice its standard error over seeds):", "",
+                  *short]
     if summary["cas_ratio"]:
         lines += ["", "Classification accuracy score ratio (synthetic-only accuracy / real-only accuracy at the full "
                   "real set): " + "; ".join(f"{a} **{r:.3f}**" for a, r in summary["cas_ratio"].items()) + "."]
