@@ -757,6 +757,9 @@ def _add_tstr(sub) -> None:
                    help="fractions of the real training images, e.g. 1.0,0.25,0.1: the data-scarcity curve (default 1.0)")
     p.add_argument("--seeds", type=_csv(int, "integers"), default=d["seeds"].default, help="e.g. 0,1,2 (default 0)")
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"].default, help="(default %(default)s)")
+    p.add_argument("--min-steps", type=int, default=0,
+                   help="at least this many optimiser steps per cell: smaller training sets get more epochs, so the "
+                        "scarcity curve compares data rather than training length (default 0: off)")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="CNN input size (default: the synthetic set's resolution, for every training set)")
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"].default, help="(default %(default)s)")
@@ -798,7 +801,7 @@ def _cmd_tstr(args) -> int:
         domain=args.domain, real_train=args.real_train, real_test=args.real_test, out=args.out,
         diffusion=args.diffusion, synthetic=args.synthetic, archs=tuple(args.archs or PRESETS[args.preset]),
         train_sets=tuple(args.train_sets), fractions=tuple(args.fractions), seeds=tuple(args.seeds),
-        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+        epochs=args.epochs, min_steps=args.min_steps, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
         select_fraction=args.select_fraction, synthetic_per_class=args.synthetic_per_class, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, start_from=args.start_from, synthetic_seed=args.synthetic_seed,
         audit=not args.no_audit, audit_features=tuple(args.audit_features), keep_weights=args.keep_weights,

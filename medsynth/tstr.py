@@ -68,6 +68,9 @@ class TSTRConfig:
     fractions: tuple[float, ...] = (1.0,)
     seeds: tuple[int, ...] = (0,)
     epochs: int = 10
+    # at least this many optimiser steps per cell: a small training set gets more epochs, so that the scarcity
+    # curve compares data, not training length (0: every cell trains `epochs` epochs)
+    min_steps: int = 0
     image_size: int | None = None  # None: the synthetic set's resolution (no resolution gap between the sets)
     batch_size: int = 64
     lr: float = 1e-3
@@ -133,6 +136,8 @@ class TSTRConfig:
             raise MedsynthError("--seeds: give at least one seed")
         if self.epochs < 1:
             raise MedsynthError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.min_steps < 0:
+            raise MedsynthError(f"--min-steps must be 0 (off) or a number of optimiser steps, got {self.min_steps}")
         if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
             raise MedsynthError(f"--image-size must be at least {MIN_IMAGE_SIZE} (the CNNs' smallest input), "
                                 f"got {self.image_size}; leave it out to use the synthetic set's resolution")
@@ -340,6 +345,12 @@ def synthetic_set(config: TSTRConfig, run: Path, log: Callable[[str], None]) -> 
 
 
 # -- cells --------------------------------------------------------------------------------------------
+def cell_epochs(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Epochs of one cell: ``epochs``, raised until the cell makes at least ``min_steps`` optimiser steps."""
+    per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(epochs, math.ceil(min_steps / per_epoch)) if min_steps else epochs
+
+
 def run_cell(cell: Cell, config: TSTRConfig, folders: dict[str, Path], synthetic: Path, run: Path,
              image_size: int, progress: bool = True) -> dict:
     """Train one cell, score it on the real test folder, write ``RUN/cells/<id>/result.json``; returns its row."""
@@ -351,9 +362,13 @@ def run_cell(cell: Cell, config: TSTRConfig, folders: dict[str, Path], synthetic
     data = synthetic if cell.train_set == "synthetic" else folders[f"{cell.train_set}_f{cell.fraction:g}_s{cell.seed}"]
     folder = run / "cells" / cell.id
     started = time.time()
+    from .data import scan_dataset
+
+    epochs = cell_epochs(len(scan_dataset(data, domain.classes, require_all=False)), config.batch_size,
+                         config.epochs, config.min_steps)
     summary = train_classifier(ClassifierRecipe(
         domain=config.domain, data=str(data), val_data=str(folders["select"]), out=str(folder / "model"),
-        arch=cell.arch, pretrained=True, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        arch=cell.arch, pretrained=True, epochs=epochs, batch_size=config.batch_size, lr=config.lr,
         image_size=image_size, source_size=0, patience=config.patience, seed=cell.seed, device=config.device,
         progress=progress,
     ))
@@ -366,7 +381,7 @@ def run_cell(cell: Cell, config: TSTRConfig, folders: dict[str, Path], synthetic
         "init": summary["pretrained"] or "random init (no offline ImageNet weights for this architecture)",
         "train_set": cell.train_set, "fraction": cell.fraction, "seed": cell.seed,
         "n_train": summary["n_train"], "n_select": summary["n_val"], "n_test": test["n"],
-        "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+        "epochs": epochs, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
         "select_macro_f1": summary["val_metrics"]["macro_f1"],
         "accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
         "recall": {c: test["per_class"][c]["recall"] for c in domain.classes},
@@ -418,7 +433,8 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
     saved = run / "config.json"
     if saved.is_file():
         previous = json.loads(saved.read_text())
-        old = {k: previous.get(k) for k in config.recipe_key()}
+        fields = TSTRConfig.__dataclass_fields__  # a key missing from an older record had its default
+        old = {k: previous.get(k, fields[k].default) for k in config.recipe_key()}
         new = json.loads(json.dumps(config.recipe_key()))
         changed = [k for k in new if old.get(k) != new[k]]
         if changed:
@@ -731,7 +747,10 @@ def report_markdown(config: TSTRConfig, rows: Sequence[dict], summary: dict, aud
                 else "") + ".",
              f"- Training sets: real (the real training images at each fraction, a seeded per-class subsample), "
              "synthetic (synthetic images only), mixed (the real subsample plus every synthetic image).",
-             f"- Recipe: `train-classifier` defaults, {config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, "
+             f"- Recipe: `train-classifier` defaults, {config.epochs} epochs"
+             + (f" (more for small sets: at least {config.min_steps} optimiser steps per cell)" if config.min_steps
+                else " for every cell (fewer optimiser steps for smaller sets; `--min-steps` evens them)")
+             + f", batch {config.batch_size}, lr {config.lr}, "
              f"input {summary.get('image_size')} px for every set; seeds {', '.join(map(str, config.seeds))}; "
              f"{summary['n_finished']} of {summary['n_cells']} cells finished.", "",
              "## Answer", "",

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from medsynth.cli import main
+from medsynth.errors import MedsynthError
 from medsynth.tstr import Cell, TSTRConfig, plan_cells, shard
 
 from conftest import TINY_ARCH, make_dataset
@@ -59,7 +60,7 @@ def finished_run(folders, weights, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1",
+        assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1", "--min-steps", "3",
                           "--audit-features", weights)) == 0
     return out, json.loads(buf.getvalue().strip().splitlines()[-1])
 
@@ -89,6 +90,8 @@ def test_run_writes_every_cell_and_the_report(finished_run, folders):
     # 14 real images per class, round(14 * 0.25) = 4 of them kept for selection: 10 train per class.
     assert n[("synthetic", "1.0")] == 16 and n[("real", "1.0")] == 20 and n[("mixed", "1.0")] == 20 + 16
     assert n[("real", "0.5")] == 10
+    epochs = {(r["train_set"], r["fraction"]): r["epochs"] for r in json.loads((out / "results.json").read_text())}
+    assert epochs[("real", 0.5)] == 2 and epochs[("real", 1.0)] == 1  # 10 images = 2 batches: 2 epochs make 3 steps
     assert all(int(r["n_test"]) == 12 for r in rows) and all("recall_covid" in r for r in rows)
     table = {(t["train_set"], t["fraction"]): t for t in summary["table"]}
     assert table[("real", 1.0)]["seeds"] == [0, 1] and table[("real", 1.0)]["accuracy_se"] is not None
@@ -96,7 +99,7 @@ def test_run_writes_every_cell_and_the_report(finished_run, folders):
     report = (out / "report.md").read_text()
     for text in ("**Question.**", "## Set-up", "## Answer", "## Figures", "## The synthetic set", "ratio",
                  "**In short**", f"- **{TINY_ARCH}**: synthetic only", "adding the synthetic set at 0.5 of the real",
-                 "One test image is 0.083 of accuracy (12 test images)"):
+                 "One test image is 0.083 of accuracy (12 test images)", "at least 3 optimiser steps per cell"):
         assert text in report, text
     for name in ("accuracy_by_arch.png", "scarcity.png", "confusion_synthetic.png", "audit/report.md"):
         assert (out / name).is_file(), name
@@ -141,7 +144,8 @@ def test_rerun_skips_finished_cells(finished_run, folders, weights, capsys, monk
     import medsynth.train_classifier as tc
 
     monkeypatch.setattr(tc, "train_classifier", lambda recipe: pytest.fail("a finished cell was trained again"))
-    assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1", "--audit-features", weights)) == 0
+    assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1", "--min-steps", "3",
+                      "--audit-features", weights)) == 0
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["table"] == first["table"]
 
@@ -206,3 +210,14 @@ def test_study_protocol_trains_its_own_generator_on_a_share_and_tests_on_the_res
     assert "leave out --real-train" in capsys.readouterr().err
     other = args + ["--study-fraction", "0.5"]
     assert main(other) == 2 and "other settings (study_fraction" in capsys.readouterr().err
+
+
+def test_min_steps_gives_small_training_sets_more_epochs():
+    from medsynth.tstr import cell_epochs
+
+    assert cell_epochs(118, 64, 8, 0) == 8  # off: 2 batches x 8 epochs = 16 steps
+    assert cell_epochs(118, 64, 8, 150) == 75  # 2 batches per epoch: 75 epochs make 150 steps
+    assert cell_epochs(1983, 64, 8, 150) == 8  # 32 batches x 8 epochs already exceed 150 steps
+    assert cell_epochs(5, 64, 1, 3) == 3
+    with pytest.raises(MedsynthError, match="--min-steps must be 0"):
+        TSTRConfig(domain="covid_ct", real_train="a", real_test="b", out="o", synthetic="s", min_steps=-1).validate()
