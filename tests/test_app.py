@@ -327,3 +327,9 @@ def test_cancelled_generation_stops_its_worker(tmp_path):
     while time.time() - closed < 3 and any(t.name == "medsynth-generate" for t in threading.enumerate()):
         time.sleep(0.05)
     assert not any(t.name == "medsynth-generate" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), "abc", "", None, 2.5])
+def test_whole_number_fields_refuse_non_numbers_with_the_field_name(value):
+    with pytest.raises(MedsynthError, match="LIME seed (must be a whole number|is empty)"):
+        service.whole_number(value, "LIME seed", 0, 10)
