@@ -249,28 +249,28 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             folders.append(folder)
         if folders[0] == folders[1]:
             raise MedsynthError("the real test folder is the training folder; test on images the CNNs never see")
-        if not store.models(domain, "diffusion"):
+        models = store.models(domain, "diffusion")
+        if not models:
             raise MedsynthError(f"no diffusion model of {domain} is installed; train one in the Train tab first")
-        if diffusion_model not in store.models(domain, "diffusion"):
+        if diffusion_model not in models:
             raise MedsynthError(f"{diffusion_model!r} is not a diffusion model of {domain}; choose one from the list")
+        diffusion = store.path(domain, diffusion_model)
         name = (name or "").strip() or f"tstr_{domain}"
         if not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith("."):
             raise MedsynthError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only")
         if not results_roots:
             raise MedsynthError("no results folder: set MEDSYNTH_RESULTS to a folder for the runs")
         out = (results_roots[0] / name).resolve()
+        epochs = service.whole_number(epochs, "epochs", 1, 1000)
+        per_class = service.whole_number(per_class, "synthetic images per class", 1, 100_000)
         tstr.check_same_run(out, domain=domain, real_train=str(folders[0]), real_test=str(folders[1]),
-                             diffusion=str(store.path(domain, diffusion_model)),
-                             epochs=service.whole_number(epochs, "epochs", 1, 1000),
-                             synthetic_per_class=service.whole_number(per_class, "synthetic images per class", 1,
-                                                                      100_000))
+                            diffusion=str(diffusion), epochs=epochs, synthetic_per_class=per_class)
         cmd = jobs.build_tstr_command(
-            domain, folders[0], folders[1], out, diffusion=store.path(domain, diffusion_model), preset=preset,
+            domain, folders[0], folders[1], out, diffusion=diffusion, preset=preset,
             train_sets=tuple(train_sets or ()),
             fractions=service.number_list(fractions, "fractions", float, 0.01, 1.0, "1.0,0.25,0.1"),
             seeds=service.number_list(seeds, "seeds", int, 0, 2**31 - 1, "0,1"),
-            epochs=service.whole_number(epochs, "epochs", 1, 1000),
-            synthetic_per_class=service.whole_number(per_class, "synthetic images per class", 1, 100_000),
+            epochs=epochs, synthetic_per_class=per_class,
             gpus=service.whole_number(gpus, "GPUs", 0, max(jobs.gpu_count(), 0)))
         manager.start(cmd, str(out), "tstr")
         return experiment_status()

@@ -65,6 +65,25 @@ def _check_positive(name: str, value: int | None) -> None:
         raise MedsynthError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 
+def _check_gpus(gpus: int | None) -> None:
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+        raise MedsynthError(f"gpus must be 0 (CPU or the default device) or a positive number, got {gpus!r}")
+    if gpus:
+        available = gpu_count()
+        if gpus > available:
+            raise MedsynthError(f"{gpus} GPU(s) asked for, but {available} visible; choose at most {available}")
+
+
+def _medsynth_command(args: list[str], gpus: int | None) -> list[str]:
+    """``python -m medsynth ARGS``, under ``accelerate launch`` (``--multi_gpu`` from 2 on) when GPUs are asked for."""
+    if not gpus:
+        return [sys.executable, "-m", "medsynth", *args]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
+    if gpus > 1:
+        launch.append("--multi_gpu")
+    return [*launch, "-m", "medsynth", *args]
+
+
 def build_command(
     kind: str,
     domain: str,
@@ -97,12 +116,7 @@ def build_command(
     _check_positive("steps", steps)
     _check_positive("epochs", epochs)
     _check_positive("batch size", batch_size)
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
-        raise MedsynthError(f"gpus must be 0 (CPU or the default device) or a positive number, got {gpus!r}")
-    if gpus:
-        available = gpu_count()
-        if gpus > available:
-            raise MedsynthError(f"{gpus} GPU(s) asked for, but {available} visible; choose at most {available}")
+    _check_gpus(gpus)
 
     args = ["train-diffusion" if kind == "diffusion" else "train-classifier",
             "--domain", domain, "--data", str(data), "--out", str(out)]
@@ -120,12 +134,7 @@ def build_command(
         else:
             args += ["--init-from", str(base_checkpoint)]
 
-    if not gpus:
-        return [sys.executable, "-m", "medsynth", *args]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
-    if gpus > 1:
-        launch.append("--multi_gpu")
-    return [*launch, "-m", "medsynth", *args]
+    return _medsynth_command(args, gpus)
 
 
 def build_tstr_command(
@@ -165,23 +174,16 @@ def build_tstr_command(
         raise MedsynthError(f"seeds must be whole numbers from 0 to 2**31 - 1, e.g. 0,1; got {list(seeds)}")
     _check_positive("epochs", epochs)
     _check_positive("synthetic images per class", synthetic_per_class)
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
-        raise MedsynthError(f"gpus must be 0 (CPU or the default device) or a positive number, got {gpus!r}")
-    if gpus and gpus > gpu_count():
-        raise MedsynthError(f"{gpus} GPU(s) asked for, but {gpu_count()} visible; choose at most {gpu_count()}")
+    _check_gpus(gpus)
     args = ["tstr", "--domain", domain, "--real-train", str(real_train), "--real-test", str(real_test),
             "--diffusion", str(diffusion), "--out", str(out), "--preset", preset,
-            "--train-sets", ",".join(t for t in TRAIN_SETS if t in train_sets), "--fractions", ",".join(f"{float(f):g}" for f in fractions), "--seeds", ",".join(str(x) for x in seeds)]
+            "--train-sets", ",".join(t for t in TRAIN_SETS if t in train_sets),
+            "--fractions", ",".join(f"{float(f):g}" for f in fractions), "--seeds", ",".join(str(x) for x in seeds)]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
     if synthetic_per_class is not None:
         args += ["--synthetic-per-class", str(synthetic_per_class)]
-    if not gpus:
-        return [sys.executable, "-m", "medsynth", *args]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
-    if gpus > 1:
-        launch.append("--multi_gpu")
-    return [*launch, "-m", "medsynth", *args]
+    return _medsynth_command(args, gpus)
 
 
 def default_data_root() -> Path | None:
