@@ -11,6 +11,13 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio builds anything: no outbound calls
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if not os.environ.get("GRADIO_TEMP_DIR"):  # uploads in a private folder (0700) of this process, not /tmp/gradio
+    import atexit as _atexit
+    import shutil as _shutil
+    import tempfile as _tempfile
+
+    os.environ["GRADIO_TEMP_DIR"] = _tempfile.mkdtemp(prefix="medsynth-uploads-")
+    _atexit.register(_shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
 
 import atexit  # noqa: E402
 import queue  # noqa: E402
@@ -22,18 +29,78 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from medsynth import reports, service  # noqa: E402
-from medsynth.diffusion import SAMPLERS  # noqa: E402
+from medsynth.recipes import DEFAULT_SAMPLING, SAMPLERS  # noqa: E402
 from medsynth.domains import DOMAINS, get_domain  # noqa: E402
 from medsynth.errors import MedsynthError  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 DISCLAIMER = "**Research use only. medsynth is not a medical device; do not use it for diagnosis or treatment.**"
-HEAVY = "heavy"  # one shared concurrency slot for model work on a small CPU
-EMPTY_CURVE = pd.DataFrame({"x": [], "y": [], "series": []})
+HEAVY = "heavy"  # one shared concurrency slot for the long model work (generate, explain) on a small CPU
+QUICK = "quick"  # classify's own slot: a 0.3-s answer never waits behind a 16-image generation
+TRAIN_SERIES = ("loss", "train_loss", "val_macro_f1")  # jobs.read_loss_points: diffusion; classifier
+EXPERIMENT_SERIES = ("real", "synthetic", "mixed")  # tstr.progress_points: each finished cell's training set
+
+
+def curve(points: list[dict] | None, series: tuple[str, ...]) -> pd.DataFrame:
+    """Line-plot data with fixed column types (x, y numbers; series text) and one empty (NaN) row per series.
+
+    gradio's LinePlot fixes its colour scale to the series present in the first frame it draws; a frame
+    without them (an idle job) drew later lines in no colour at all. The NaN rows keep every series in the
+    scale and draw nothing."""
+    frame = pd.DataFrame([*(points or []), *({"x": np.nan, "y": np.nan, "series": s} for s in series)],
+                         columns=["x", "y", "series"])
+    return frame.astype({"x": "float64", "y": "float64", "series": "str"})
 NO_BASE = "none (ImageNet / from scratch)"
+
+
+def _checked_number(component, payload):
+    """A number from the page or an API client, checked with the field's own label (a client can send
+    text, NaN or a value beyond the slider): gradio's own check raises a bare TypeError or says "Value"."""
+    import math
+
+    name = component.label or "number"
+    if payload is None:
+        return None  # the callback says which field is empty
+    if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+        try:
+            payload = float(str(payload).strip())
+        except ValueError:
+            raise gr.Error(f"{name} must be a number, got {payload!r}") from None
+    if not math.isfinite(payload):
+        raise gr.Error(f"{name} must be a finite number, got {payload!r}")
+    if component.minimum is not None and payload < component.minimum:
+        raise gr.Error(f"{name} must be at least {component.minimum:g}, got {payload:g}")
+    if component.maximum is not None and payload > component.maximum:
+        raise gr.Error(f"{name} must be at most {component.maximum:g}, got {payload:g}")
+    if component.precision == 0 and not float(payload).is_integer():
+        raise gr.Error(f"{name} must be a whole number, got {payload:g}")
+    return gr.Number.round_to_precision(payload, component.precision)
+
+
+def _with_checks(component):
+    """The component's input runs through ``_checked_number`` (set on the instance: a subclass of a gradio
+    component would make gradio write a type-stub file beside this one)."""
+    component.preprocess = lambda payload: _checked_number(component, payload)
+    return component
+
+
+def NumberField(*args, **kwargs) -> gr.Number:  # noqa: N802 - stands where gr.Number stood
+    """gr.Number whose bad input (from the page or an API client) gets a message naming the field."""
+    return _with_checks(gr.Number(*args, **kwargs))
+
+
+def SliderField(*args, **kwargs) -> gr.Slider:  # noqa: N802
+    """gr.Slider whose bad input (an API client can send anything) gets a message naming the field."""
+    return _with_checks(gr.Slider(*args, **kwargs))
+
+
+def example_class(path: Path) -> str:
+    """An example's true class, from its file name (``<class>_<number>.jpg``)."""
+    return path.stem.rsplit("_", 1)[0]
 
 
 def in_public_space() -> bool:
@@ -75,10 +142,15 @@ def _prune(folder: Path, max_age_s: float = 3600) -> None:
 
 
 def build_app(store: service.ModelStore | None = None, data_root: str | Path | None = None,
-              jobs_dir: str | Path | None = None) -> gr.Blocks:
+              jobs_dir: str | Path | None = None, models_dir: str | Path | None = None) -> gr.Blocks:
+    """The app. ``models_dir``: where the Train tab writes models (``<models_dir>/<domain>/<name>``; default
+    MEDSYNTH_MODELS or ``runs/models``), never inside the shipped checkpoints."""
     from medsynth import jobs
 
     store = store or service.ModelStore()
+    if store.user_root is None:
+        store.user_root = Path(models_dir or os.environ.get("MEDSYNTH_MODELS") or "runs/models").resolve()
+    models_dir = store.user_root
     data_root = Path(data_root) if data_root else jobs.default_data_root()
     training_enabled = data_root is not None and not in_public_space()
     work_dir = Path(tempfile.mkdtemp(prefix="medsynth-app-"))  # private (0700), this process only
@@ -86,6 +158,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
     atexit.register(manager.cancel)  # a training job does not outlive the app that started it
     gen_domains = store.domains_with("diffusion")
     clf_domains = store.domains_with("classifier")
+    default_domain = clf_domains[0] if clf_domains else next(iter(DOMAINS))
+    default_kind = (store.classifier_kinds(default_domain) or ["real-trained"])[0]
 
     def class_choices(domain):
         return ["all classes", *get_domain(domain).classes] if domain else ["all classes"]
@@ -101,8 +175,9 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
     # -- callbacks (thin: parse UI values, call the service, shape the outputs) --------------------
     @_user_error
-    def do_generate(domain, class_choice, count, sampler, steps, guidance, seed, model="diffusion", start="mean",
-                    progress=gr.Progress()):
+    def do_generate(domain, class_choice="all classes", count=4, sampler=DEFAULT_SAMPLING["sampler"],
+                    steps=DEFAULT_SAMPLING["steps"], guidance=DEFAULT_SAMPLING["guidance"], seed=0, model="diffusion",
+                    start=DEFAULT_SAMPLING["start_from"], progress=gr.Progress()):
         # The sampler runs in a worker thread; its per-step x0 estimates stream into the preview.
         updates: queue.Queue = queue.Queue()
         result: dict = {}
@@ -115,9 +190,9 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
         def work():
             try:
-                result["items"] = service.generate(store, domain, class_choice, int(count), sampler, int(steps),
-                                                   float(guidance), int(seed), on_step, model or "diffusion",
-                                                   start or "mean")
+                result["items"] = service.generate(store, domain, class_choice, count, sampler, steps,
+                                                   guidance, seed, on_step, model or "diffusion",
+                                                   start or DEFAULT_SAMPLING["start_from"])
             except Exception as exc:  # re-raised in the event handler below
                 result["error"] = exc
             finally:
@@ -125,6 +200,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
         started = time.perf_counter()
         threading.Thread(target=work, name="medsynth-generate", daemon=True).start()
+        yield None, [], None, "starting…", {}  # the previous images and download are gone: they are not these
         last_shown = 0.0
         try:
             while (update := updates.get()) is not None:
@@ -132,7 +208,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 progress((step + 1) / total, desc=f"denoising step {step + 1}/{total}")
                 if time.perf_counter() - last_shown > 0.25 or step + 1 == total:  # at most ~4 frames/s
                     last_shown = time.perf_counter()
-                    yield service.to_display(preview), gr.skip(), gr.skip(), f"step {step + 1}/{total}", gr.skip()
+                    yield (service.upscale_for_display(preview), gr.skip(), gr.skip(), f"step {step + 1}/{total}",
+                           gr.skip())
         finally:
             stop.set()
         if "error" in result:
@@ -142,34 +219,54 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         _prune(work_dir)
         zip_path = service.write_zip(items, Path(tempfile.mkdtemp(dir=work_dir)) / f"{domain}_seed{items[0].seed}.zip",
                                      domain)
-        gallery = [(service.to_display(it.image), it.caption) for it in items]
+        gallery = [(service.upscale_for_display(it.image), it.caption) for it in items]
         status = (f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)}"
                   + (", started from the coarse prior)" if start == "prior" else ")"))
-        yield service.to_display(items[0].image), gallery, str(zip_path), status, {"domain": domain, "items": items}
+        yield (service.upscale_for_display(items[0].image), gallery, str(zip_path), status,
+               {"domain": domain, "items": items})
 
     def selected_index(evt: gr.SelectData) -> int:
         return int(evt.index)
 
     def send_to_classify(generated, selected):
+        """The selected generated image, saved as a PNG, becomes the Classify tab's file."""
+        from PIL import Image
+
         items = (generated or {}).get("items") or []
         if not items:
             raise gr.Error("generate images first")
         item = items[min(max(int(selected or 0), 0), len(items) - 1)]  # a selection from an older gallery is clamped
-        return (service.to_display(item.image), None, gr.update(value=generated["domain"]),
-                gr.Tabs(selected="classify"))
+        path = Path(tempfile.mkdtemp(dir=work_dir)) / f"generated_{item.class_name}_seed{item.seed}.png"
+        Image.fromarray(service.to_display(item.image)).save(path)
+        return str(path), gr.update(value=generated["domain"]), gr.Tabs(selected="classify")
 
-    def pick_source(upload_file, image):
-        return upload_file or image
+    def show_view(image, domain, classifier):
+        """A new file (or domain, or classifier): what the CNN will see, and every older result cleared."""
+        cleared = (None, None, None)
+        if not image:
+            return None, *cleared, ""
+        try:
+            view = service.preview(store, image, domain, classifier)
+        except MedsynthError as exc:
+            gr.Warning(str(exc))
+            return None, *cleared, f"**Cannot use this file:** {exc}"
+        return view, *cleared, ""
 
     @_user_error
-    def do_classify(image, upload_file, domain, kind):
-        return service.classify(store, pick_source(upload_file, image), domain, kind)
+    def do_classify(image, domain=default_domain, classifier=default_kind):
+        probs, verdict = service.assess(store, image, domain, classifier)
+        return probs, service.summary_line(classifier, probs, verdict)
 
     @_user_error
-    def do_explain(image, upload_file, domain, kind, seed, progress=gr.Progress()):
-        lime, cam, summary = service.explain_both(store, pick_source(upload_file, image), domain, kind, seed,
-                                                  progress=lambda f: progress(f, desc="LIME"))
-        return lime, cam, summary
+    def do_explain(image, domain=default_domain, classifier=default_kind, lime_seed=0, progress=gr.Progress()):
+        return service.explain_both(store, image, domain, classifier, lime_seed,
+                                    progress=lambda f: progress(f, desc="LIME"))
+
+    def sampling_for(domain, model):
+        """The chosen model's own recipe (the settings its audited set was drawn with) as the defaults."""
+        rec = service.sampling_defaults(store, domain, model or "diffusion") if domain else dict(DEFAULT_SAMPLING)
+        return (gr.Dropdown(value=rec["sampler"]), gr.Slider(value=rec["steps"]), gr.Slider(value=rec["guidance"]),
+                gr.Radio(value=rec["start_from"]))
 
     def cards_for(domain):
         parts = []
@@ -209,7 +306,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         st = manager.status()
         if st["kind"] != "tstr":
             note = (f" (a Train-tab job is {st['state']}; one job runs at a time)" if st["state"] == "running" else "")
-            return "**no experiment started since the app started**" + note, "", EMPTY_CURVE
+            return "**no experiment started since the app started**" + note, "", curve([], EXPERIMENT_SERIES)
         done, total, points = progress_points(st["out_dir"])
         text = (f"**{st['state']}** · {done} of {total or '?'} cells · {st['elapsed_seconds']:.0f} s · "
                 f"`{st['out_dir']}` · `{st['command']}`")
@@ -217,7 +314,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             text += f" · exit code {st['returncode']} (see the log)"
         if st["state"] == "finished" and (Path(st["out_dir"]) / "report.md").is_file():
             text += " · the report is selected above"
-        return text, manager.tail(40), pd.DataFrame(points) if points else EMPTY_CURVE
+        return text, manager.tail(40), curve(points, EXPERIMENT_SERIES)
 
     def experiment_tick(seen_job):
         """experiment_status, plus: when a run has just finished, select its report in the list (once)."""
@@ -294,23 +391,46 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         if data_root is None:
             raise MedsynthError("training from the app needs a data root: start it with MEDSYNTH_DATA_ROOT=/path/to/data")
 
+    def default_job_name(kind, domain):
+        return f"{kind}_{domain}_{time.strftime('%Y%m%d-%H%M')}"
+
     @_user_error
-    def start_training(kind, domain, data, steps, epochs, batch_size, gpus, base=NO_BASE):
+    def start_training(kind, domain, data, steps, epochs, batch_size, gpus, base=NO_BASE, name=""):
+        from medsynth.data import scan_dataset
+
         check_training_allowed()
+        if kind not in jobs.TRAINING_KINDS:
+            raise MedsynthError(f"unknown job {kind!r}; expected one of: {', '.join(jobs.TRAINING_KINDS)}")
         steps = service.whole_number(steps, "steps", 1, 1_000_000) if kind == "diffusion" else None
         epochs = service.whole_number(epochs, "epochs", 1, 10_000) if kind == "classifier" else None
         batch_size = service.whole_number(batch_size, "batch size", 1, 4096)
         gpus = service.whole_number(gpus, "GPUs", 0, max(jobs.gpu_count(), 0))
         folder = jobs.resolve_data_dir(data, data_root)
-        out = store.path(domain, "diffusion" if kind == "diffusion" else "classifier")
-        out = out.with_name(out.name + f"-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:  # a folder of another domain, or one missing a class, fails here, not minutes into the job
+            scan_dataset(folder, get_domain(domain).classes, require_all=True)
+        except MedsynthError as exc:
+            raise MedsynthError(f"data folder {data!r} does not fit {domain}: {exc}") from None
+        name = (name or "").strip() or default_job_name(kind, domain)
+        if not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith(".") or len(name) > 100:
+            raise MedsynthError(f"output name {name!r}: use up to 100 letters, digits, '.', '_' and '-'")
+        if name in service.SHIPPED_FOLDERS or name in store.models(domain, "diffusion") + store.models(domain, "classifier"):
+            raise MedsynthError(f"a model named {name!r} already exists for {domain}; choose another output name")
+        out = models_dir / get_domain(domain).key / name
+        if out.exists():
+            raise MedsynthError(f"{out} already exists; choose another output name")
         base_path = None if base in (None, "", NO_BASE) else store.path(domain, base)
         if base_path is not None and base not in store.models(domain, "diffusion" if kind == "diffusion" else "classifier"):
             raise MedsynthError(f"base checkpoint {base!r} is not a {kind} model of {domain}")
+        out.parent.mkdir(parents=True, exist_ok=True)
         cmd = jobs.build_command(kind, domain, str(folder), str(out), steps=steps, epochs=epochs, batch_size=batch_size,
                                  base_checkpoint=base_path, gpus=gpus)
         manager.start(cmd, str(out), kind)
         return refresh_job()
+
+    def job_fields(kind, domain):
+        """Only the chosen job's fields; a readable output name for it; its base checkpoints."""
+        return (gr.Number(visible=kind == "diffusion"), gr.Number(visible=kind == "classifier"),
+                gr.Textbox(placeholder=default_job_name(kind, domain)), base_choices(kind, domain))
 
     @_user_error
     def cancel_training():
@@ -326,7 +446,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             if st.get("returncode") not in (None, 0):
                 text += f" · exit code {st['returncode']}"
         points = manager.loss_points()
-        frame = pd.DataFrame(points) if points else EMPTY_CURVE
+        frame = curve(points, TRAIN_SERIES)
         return text, manager.tail(40), frame
 
     # -- layout ---------------------------------------------------------------------------------
@@ -347,20 +467,26 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                               label="model (shipped, or one you trained)", allow_custom_value=True)
                         g_class = gr.Dropdown(class_choices(gen_domains[0] if gen_domains else None), value="all classes",
                                               label="class", allow_custom_value=True)  # checked by the service
-                        g_count = gr.Slider(1, service.MAX_IMAGES, value=4, step=1, label="images")
-                        g_sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp", label="sampler")
-                        g_steps = gr.Slider(1, service.MAX_STEPS, value=20, step=1, label="steps")
-                        g_guidance = gr.Slider(0.0, 8.0, value=1.0, step=0.5, label="guidance (1 = none)")
-                        g_start = gr.Radio(["mean", "prior"], value="mean", label="start from",
+                        g_count = SliderField(1, service.MAX_IMAGES, value=4, step=1, label="images")
+                        recipe = (service.sampling_defaults(store, gen_domains[0], g_models[0])
+                                  if gen_domains and g_models else dict(DEFAULT_SAMPLING))
+                        g_sampler = gr.Dropdown(list(SAMPLERS), value=recipe["sampler"], label="sampler",
+                                                info="defaults: the settings this model's audited set was drawn with")
+                        g_steps = SliderField(1, service.MAX_STEPS, value=recipe["steps"], step=1, label="steps")
+                        g_guidance = SliderField(0.0, 8.0, value=recipe["guidance"], step=0.5,
+                                               label="guidance (1 = none)")
+                        g_start = gr.Radio(["mean", "prior"], value=recipe["start_from"], label="start from",
                                            info="the class's mean colour, or a coarse layout drawn from the training "
                                                 "images' prior (more varied)")
                         with gr.Row():
-                            g_seed = gr.Number(0, precision=0, label="seed")
+                            g_seed = NumberField(0, precision=0, label="seed")
                             g_dice = gr.Button("random seed", scale=0)
                         g_go = gr.Button("Generate", variant="primary")
                     with gr.Column(scale=2):
-                        g_preview = gr.Image(label="preview (first image)", type="numpy", format="png", height=220)
-                        g_gallery = gr.Gallery(label="samples", columns=4, format="png", height=360)
+                        g_preview = gr.Image(label="preview (first image; enlarged, nearest neighbour)", type="numpy",
+                                             format="png", height=280, interactive=False)
+                        g_gallery = gr.Gallery(elem_id="generate-gallery", label="samples (enlarged, nearest neighbour; click one to select it)",
+                                               columns=8, format="png", height="auto", object_fit="contain")
                         g_status = gr.Markdown()
                         with gr.Row():
                             g_zip = gr.File(label="download (PNGs + labels.csv)")
@@ -369,6 +495,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                     gr.Markdown("_No diffusion checkpoint is installed under `checkpoints/`._")
                 g_domain.change(lambda d: gr.Dropdown(choices=class_choices(d), value="all classes"), g_domain, g_class,
                                 api_name="generate_classes")
+                g_model.change(sampling_for, [g_domain, g_model], [g_sampler, g_steps, g_guidance, g_start],
+                               api_visibility="private")
                 g_dice.click(lambda: random.randint(0, 2**31 - 1), None, g_seed, api_name="random_seed")
                 g_go.click(do_generate, [g_domain, g_class, g_count, g_sampler, g_steps, g_guidance, g_seed, g_model,
                                          g_start],
@@ -379,37 +507,38 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             with gr.Tab("Classify & Explain", id="classify"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        c_image = gr.Image(label="scan", type="filepath", sources=["upload", "clipboard"], height=260)
-                        c_file = gr.File(label="or upload any file (DICOM, TIFF, 16-bit PNG, ...)", type="filepath")
-                        c_domain = gr.Dropdown(list(DOMAINS), value=clf_domains[0] if clf_domains else next(iter(DOMAINS)),
-                                               label="domain")
-                        kinds = store.classifier_kinds(clf_domains[0]) if clf_domains else list(service.CLASSIFIER_KINDS)
-                        c_kind = gr.Dropdown(kinds, value=kinds[0] if kinds else None, label="classifier",
-                                             allow_custom_value=True)
-                        c_seed = gr.Number(0, precision=0, label="LIME seed")
+                        c_image = gr.File(label="scan: any image file (PNG, JPEG, TIFF, 16-bit, WebP, DICOM)",
+                                          type="filepath", height=110, elem_id="scan-file")
+                        c_view = gr.Image(label="what the CNN sees (its input, enlarged)", type="numpy", format="png",
+                                          height=260, interactive=False, elem_id="scan-view")
+                        c_domain = gr.Dropdown(list(DOMAINS), value=default_domain, label="domain")
+                        kinds = store.classifier_kinds(default_domain) or list(service.CLASSIFIER_KINDS)
+                        c_kind = gr.Dropdown(kinds, value=default_kind, label="classifier", allow_custom_value=True)
+                        c_seed = NumberField(0, precision=0, minimum=0, label="LIME seed")
                         with gr.Row():
                             c_go = gr.Button("Classify", variant="primary")
                             c_explain = gr.Button("Explain (LIME + Grad-CAM)")
-                        examples = sorted(str(p) for p in EXAMPLES.glob("*/*.jpg"))
+                        examples = sorted(EXAMPLES.glob("*/*.jpg"))
                         if examples:
-                            gr.Examples([[p, Path(p).parent.name] for p in examples], inputs=[c_image, c_domain],
-                                        label="real examples (see examples/README.md for provenance)")
+                            gr.Examples([[str(p), p.parent.name] for p in examples], inputs=[c_image, c_domain],
+                                        example_labels=[f"{p.parent.name}: {example_class(p)}" for p in examples],
+                                        label="real examples, by true class (provenance: examples/README.md)")
                     with gr.Column(scale=2):
-                        c_label = gr.Label(label="class probabilities")
+                        c_label = gr.Label(label="class probabilities", elem_id="scan-label")
+                        c_summary = gr.Markdown(elem_id="scan-summary")
                         with gr.Row():
-                            c_lime = gr.Image(label="LIME", format="png")
-                            c_cam = gr.Image(label="Grad-CAM", format="png")
-                        c_summary = gr.Markdown()
-                c_go.click(do_classify, [c_image, c_file, c_domain, c_kind], c_label, api_name="classify",
-                           concurrency_id=HEAVY)
-                c_explain.click(do_explain, [c_image, c_file, c_domain, c_kind, c_seed], [c_lime, c_cam, c_summary],
+                            c_lime = gr.Image(label="LIME (the superpixels that support the class most)", format="png",
+                                              interactive=False, elem_id="scan-lime")
+                            c_cam = gr.Image(label="Grad-CAM", format="png", interactive=False)
+                c_go.click(do_classify, [c_image, c_domain, c_kind], [c_label, c_summary], api_name="classify",
+                           concurrency_id=HEAVY if os.environ.get("MEDSYNTH_ONE_SLOT") == "1" else QUICK)
+                c_explain.click(do_explain, [c_image, c_domain, c_kind, c_seed], [c_label, c_lime, c_cam, c_summary],
                                 api_name="explain", concurrency_id=HEAVY)
-            g_send.click(send_to_classify, [generated, selected], [c_image, c_file, c_domain, tabs],
+                for trigger in (c_image.change, c_domain.change, c_kind.change):  # new input: old results go
+                    trigger(show_view, [c_image, c_domain, c_kind], [c_view, c_label, c_lime, c_cam, c_summary],
+                            api_visibility="private")
+            g_send.click(send_to_classify, [generated, selected], [c_image, c_domain, tabs],
                          api_name="send_to_classify")
-            # one source at a time: a new upload or example replaces an older file, and the other way round
-            c_file.upload(lambda: None, None, c_image, api_visibility="private", queue=False)
-            c_image.change(lambda v: None if v is not None else gr.skip(), c_image, c_file,
-                           api_visibility="private", queue=False)
             for trigger in (g_domain.change, c_domain.change):
                 trigger(refresh_models, [g_domain, c_domain, c_kind, g_model], [g_model, c_kind],
                         api_visibility="private")
@@ -462,17 +591,19 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                                   label="training sets", info="mixed: real plus synthetic")
                         x_fractions = gr.Textbox("1.0,0.25,0.1", label="fractions of the real training images")
                         x_seeds = gr.Textbox("0,1", label="seeds")
-                        x_epochs = gr.Number(8, precision=0, minimum=1, label="epochs per CNN")
-                        x_per_class = gr.Number(200, precision=0, minimum=1, label="synthetic images per class")
-                        x_gpus = gr.Number(jobs.gpu_count(), precision=0, minimum=0, maximum=max(jobs.gpu_count(), 0),
+                        x_epochs = NumberField(8, precision=0, minimum=1, label="epochs per CNN")
+                        x_per_class = NumberField(200, precision=0, minimum=1, label="synthetic images per class")
+                        x_gpus = NumberField(jobs.gpu_count(), precision=0, minimum=0, maximum=max(jobs.gpu_count(), 0),
                                            label="GPUs")
                         x_name = gr.Textbox(label="run name", placeholder="tstr_<domain>")
                     with gr.Row():
                         x_start = gr.Button("Start the experiment", variant="primary", interactive=training_enabled)
                         x_cancel = gr.Button("Cancel", variant="stop", interactive=training_enabled)
                     x_status = gr.Markdown("**no experiment started since the app started**")
-                    x_plot = gr.LinePlot(EMPTY_CURVE, x="x", y="y", color="series", height=240,
-                                         title="test accuracy of each finished CNN, by training set",
+                    x_plot = gr.LinePlot(curve([], EXPERIMENT_SERIES), x="x", y="y", color="series", height=240,
+                                         title="test accuracy of each finished CNN: real (blue), synthetic "
+                                               "(orange), mixed (green) training set",
+                                         color_map={"real": "#1971c2", "synthetic": "#e8590c", "mixed": "#2f9e44"},
                                          x_title="cell", y_title="accuracy")
                     x_log = gr.Textbox(label="log (tail)", lines=10, max_lines=10, autoscroll=True)
                     x_seen = gr.State(None)
@@ -498,30 +629,36 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 gpus = jobs.gpu_count()
                 gr.Markdown(f"GPUs detected: **{gpus}** {', '.join(jobs.describe_gpus())}. Data root: "
                             f"`{data_root or 'not set (start with MEDSYNTH_DATA_ROOT=...)'}`. One job at a time; "
-                            "a finished job's checkpoint is written beside the shipped ones.")
+                            f"a finished job's model is written to `{models_dir}/<domain>/<output name>` and "
+                            "appears in Generate and Classify.")
                 with gr.Row():
                     t_kind = gr.Radio(["diffusion", "classifier"], value="classifier", label="job")
-                    t_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain")
-                    t_data = gr.Textbox(label="data folder (inside the data root)", placeholder="brain_mri")
+                    t_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain", elem_id="train-domain")
+                    t_data = gr.Textbox(label="data folder (inside the data root; one sub-folder per class)",
+                                        placeholder=next(iter(DOMAINS)))
                     t_base = gr.Dropdown([NO_BASE, *store.models(next(iter(DOMAINS)), "classifier")], value=NO_BASE,
                                          label="base checkpoint (fine-tune)", allow_custom_value=True)
                 with gr.Row():
-                    t_steps = gr.Number(2000, precision=0, label="diffusion steps")
-                    t_epochs = gr.Number(10, precision=0, label="classifier epochs")
-                    t_batch = gr.Number(16, precision=0, label="batch size")
-                    t_gpus = gr.Number(gpus, precision=0, minimum=0, maximum=max(gpus, 0), label="GPUs")
+                    t_steps = NumberField(2000, precision=0, minimum=1, label="diffusion steps", visible=False)
+                    t_epochs = NumberField(10, precision=0, minimum=1, label="classifier epochs")
+                    t_batch = NumberField(16, precision=0, minimum=1, label="batch size")
+                    t_gpus = NumberField(gpus, precision=0, minimum=0, maximum=max(gpus, 0), label="GPUs")
+                    t_name = gr.Textbox("", label="output name (empty: the name shown)",
+                                        placeholder=default_job_name("classifier", next(iter(DOMAINS))))
                 with gr.Row():
-                    t_start = gr.Button("Start", variant="primary", interactive=not in_public_space())
-                    t_cancel = gr.Button("Cancel", variant="stop")
+                    t_start = gr.Button("Start", variant="primary", interactive=training_enabled)
+                    t_cancel = gr.Button("Cancel", variant="stop", interactive=training_enabled)
                 t_status = gr.Markdown("**idle**")
-                t_plot = gr.LinePlot(EMPTY_CURVE, x="x", y="y", color="series", title="training curve (loss; F1)",
-                                     height=260)
+                t_plot = gr.LinePlot(curve([], TRAIN_SERIES), x="x", y="y", color="series", title="training curve: loss (orange), validation macro-F1 (blue)",
+                                     color_map={"loss": "#e8590c", "train_loss": "#e8590c", "val_macro_f1": "#1971c2"},
+                                     x_title="step (diffusion) or epoch (classifier)", y_title="value", height=260, elem_id="train-plot")
                 t_log = gr.Textbox(label="log (tail)", lines=12, max_lines=12, autoscroll=True)
                 timer = gr.Timer(2.0, active=training_enabled)  # no polling where training is off
                 for trigger in (t_kind.change, t_domain.change):
-                    trigger(base_choices, [t_kind, t_domain], t_base, api_visibility="private")
-                t_start.click(start_training, [t_kind, t_domain, t_data, t_steps, t_epochs, t_batch, t_gpus, t_base],
-                              [t_status, t_log, t_plot], api_name="train_start")
+                    trigger(job_fields, [t_kind, t_domain], [t_steps, t_epochs, t_name, t_base],
+                            api_visibility="private")
+                t_start.click(start_training, [t_kind, t_domain, t_data, t_steps, t_epochs, t_batch, t_gpus, t_base,
+                                               t_name], [t_status, t_log, t_plot], api_name="train_start")
                 t_cancel.click(cancel_training, None, [t_status, t_log, t_plot], api_name="train_cancel")
                 # cheap reads, outside the queue so that polling never fills it
                 timer.tick(refresh_job, None, [t_status, t_log, t_plot], api_name="train_status", queue=False)

@@ -289,6 +289,12 @@ class Classifier:
                 out.append(self.model.forward_head(x, pre_logits=True).float().flatten(1).cpu().numpy())
         return np.concatenate(out, axis=0)
 
+    def model_view(self, image: Any) -> np.ndarray:
+        """One image as the CNN sees it after preprocessing (before normalisation): uint8 (S, S, C)."""
+        x = fit_to_input(_as_float_image(image, self.config.channels, 0), self.config.input_size,
+                         self.config.source_size)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, out_dir: str | Path, card: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
         return save_checkpoint(self.model, self.config, out_dir, card, dtype)

@@ -202,14 +202,15 @@ def _cmd_classify(args) -> int:
 
     started = time.time()
     clf = load_classifier(args.checkpoint, args.device)
-    results = classify_files(clf, args.images)
+    results = classify_files(clf, args.images, checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps({"domain": clf.config.domain, "classes": clf.classes, "results": results,
                           "seconds": round(time.time() - started, 3)}))
         return 0
     for r in results:
         probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
-        print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]")
+        flag = "" if r["in_domain"] is not False else "   OUT OF DOMAIN: " + r["out_of_domain"]["note"]
+        print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]{flag}")
     return 0
 
 
@@ -914,6 +915,39 @@ def _cmd_card(args) -> int:
     return 0
 
 
+def _add_ood_fit(sub) -> None:
+    p = sub.add_parser(
+        "ood-fit", help="fit the out-of-domain guard of a domain on real images",
+        description="Describe a domain's real training images in ImageNet Lite0 features (at 64 px, the domains' "
+        "training resolution) and set the out-of-domain threshold at the --quantile of held-out real images' "
+        "scores. Writes OUT/ood.safetensors: in checkpoints/<domain> it guards every classifier of the domain "
+        "(classify, the app and the API flag inputs that do not look like the domain's images).")
+    p.add_argument("--domain", required=True, choices=sorted(DOMAINS))
+    p.add_argument("--train", required=True, help="real training images, one sub-folder per class")
+    p.add_argument("--calibration", required=True, help="real held-out images of the domain (not in --train)")
+    p.add_argument("--out", required=True, help="folder for ood.safetensors, e.g. checkpoints/<domain>")
+    p.add_argument("--components", type=int, default=64, help="principal axes kept (default %(default)s)")
+    p.add_argument("--quantile", type=float, default=0.99,
+                   help="share of held-out real images that pass (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="last line of stdout: the record as one JSON object")
+    p.set_defaults(func=_cmd_ood_fit)
+
+
+def _cmd_ood_fit(args) -> int:
+    from .ood import fit_domain
+
+    if args.components < 1:
+        raise MedsynthError(f"--components must be at least 1, got {args.components}")
+    record = fit_domain(args.domain, args.train, args.calibration, args.out, args.components, args.quantile)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"wrote {record['path']}: threshold {record['threshold']:.1f} ({record['quantile']:.0%} of "
+              f"{record['n_calibration']} held-out images pass; {record['n_train']} training images) "
+              f"in {record['seconds']} s")
+    return 0
+
+
 def _add_domains(sub) -> None:
     p = sub.add_parser("domains", help="list the known domains and their classes")
     p.add_argument("--json", action="store_true")
@@ -943,7 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in (_add_train_classifier, _add_evaluate, _add_classify, _add_explain, _add_train_diffusion, _add_generate,
-                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_audit, _add_tstr, _add_class_means, _add_start_prior, _add_card, _add_domains):
+                _add_merge, _add_curate, _add_match, _add_split, _add_quality, _add_audit, _add_tstr, _add_ood_fit, _add_class_means, _add_start_prior, _add_card, _add_domains):
         add(sub)
     return parser
 

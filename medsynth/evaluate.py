@@ -57,17 +57,26 @@ def evaluate_folder(
     }
 
 
-def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int = 16) -> list[dict]:
-    """Per file: the top class, its probability and every class probability."""
+def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int = 16,
+                   checkpoint: str | Path | None = None) -> list[dict]:
+    """Per file: the top class, its probability, every class probability and the out-of-domain guard's
+    verdict (``in_domain``: true, false, or null where no reference is found beside ``checkpoint`` or in
+    the folder above it; ``out_of_domain``: the verdict with its score, threshold and note)."""
+    from . import ood
+
     images = [load_image(f, clf.config.channels) for f in files]
     probs = clf.predict_proba(images, batch_size=batch_size)
+    reference = ood.find_reference(checkpoint, clf.config.domain) if checkpoint is not None else None
+    verdicts = ood.check(reference, images)
     results = []
-    for path, p in zip(files, probs):
+    for path, p, verdict in zip(files, probs, verdicts):
         top = int(p.argmax())
         results.append({
             "file": str(path),
             "class": clf.classes[top],
             "probability": float(p[top]),
             "probabilities": {c: float(v) for c, v in zip(clf.classes, p)},
+            "in_domain": verdict["in_domain"],
+            "out_of_domain": verdict,
         })
     return results

@@ -24,9 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .classify import Classifier, _as_float_image
+from .classify import Classifier
 from .errors import MedsynthError
-from .transforms import fit_to_input
 
 from .recipes import LIME_DEFAULTS, METHODS  # noqa: F401 (re-exported)
 
@@ -52,12 +51,6 @@ class Explanation:
         if self.weights:
             out["top_superpixels"] = [{"id": int(s), "weight": float(w)} for s, w in self.weights[:10]]
         return out
-
-
-def _model_view(image, clf: Classifier) -> np.ndarray:
-    """Any accepted image -> uint8 (S, S, C) exactly as the classifier's preprocessing sees it."""
-    x = fit_to_input(_as_float_image(image, clf.config.channels, 0), clf.config.input_size, clf.config.source_size)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _resolve_target(clf: Classifier, target, probs: np.ndarray) -> int:
@@ -103,8 +96,8 @@ def explain(
     if n_segments < 2:
         raise MedsynthError(f"n_segments must be at least 2, got {n_segments}")
     started = time.perf_counter()
-    view = _model_view(image, classifier)
-    probs = classifier.predict_proba([view])[0]
+    view = classifier.model_view(image)
+    probs = classifier.predict_proba([image])[0]  # the image itself, as classify scores it: the same numbers
     label = _resolve_target(classifier, target, probs)
     common = dict(method=method, target=label, target_class=classifier.classes[label], probability=float(probs[label]),
                   probabilities={c: float(p) for c, p in zip(classifier.classes, probs)}, image=view)

@@ -44,31 +44,37 @@ def is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
+def _read_bytes(source: ImageSource, name: str | None = None) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray)):
-        return bytes(source), "<bytes>"
+        return bytes(source), name or "<bytes>"
     if hasattr(source, "read"):
-        name = getattr(source, "name", "<stream>")
-        return source.read(), str(name)
+        return source.read(), name or str(getattr(source, "name", "<stream>"))
     path = Path(source)
+    name = name or str(path)
     if not path.exists():
-        raise ImageLoadError(f"{path}: no such file")
+        raise ImageLoadError(f"{name}: no such file" + (" (a link to a missing file)" if path.is_symlink() else ""))
     if path.is_dir():
-        raise ImageLoadError(f"{path}: is a folder, not an image file")
+        raise ImageLoadError(f"{name}: is a folder, not an image file")
     try:
-        return path.read_bytes(), str(path)
+        return path.read_bytes(), name
     except OSError as exc:
-        raise ImageLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise ImageLoadError(f"{name}: cannot be read ({exc.strerror or exc})") from None
 
 
-def load_image(source: ImageSource, channels: int = 3) -> np.ndarray:
+def load_image(source: ImageSource, channels: int = 3, name: str | None = None) -> np.ndarray:
     """Read an image file (path, bytes or binary stream) as uint8 (H, W, channels).
+
+    Args:
+        source: a path, the file's bytes or a binary stream.
+        channels: 1 (grayscale) or 3 (RGB).
+        name: how error messages name the file (default: the path as given). The app passes the
+            uploaded file's own name, so a visitor never sees the server's temporary path.
 
     Raises ``ImageLoadError`` for an empty, truncated, oversized, tiny or non-image file.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    data, name = _read_bytes(source)
+    data, name = _read_bytes(source, name)
     if not data:
         raise ImageLoadError(f"{name}: file is empty (0 bytes)")
     gray_or_rgb = _decode_dicom(data, name) if is_dicom(data) else _decode_pil(data, name)

@@ -1,7 +1,8 @@
 """The functions behind the app's events, testable without a server.
 
-``ModelStore`` finds the checkpoints under a root folder (SPEC's layout:
-``<root>/<domain>/{diffusion,classifier,classifier_synthetic}``) and loads each one once, lazily,
+``ModelStore`` finds the checkpoints under a root folder (the layout of docs/checkpoints.md:
+``<root>/<domain>/{diffusion,classifier,classifier_synthetic}``) and the models that the app's
+training jobs wrote under a second folder, and loads each one once, lazily,
 on first use; a checkpoint rewritten on disk (a finished training job) is loaded afresh. The
 functions below turn UI inputs into package calls and package results into what components show.
 """
@@ -37,18 +38,45 @@ def default_checkpoint_root() -> Path:
     return Path(os.environ.get("MEDSYNTH_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
 
 
-class ModelStore:
-    """Lazily loaded, cached models per checkpoint folder (thread-safe)."""
+SHIPPED_FOLDERS = ("diffusion", "classifier", "classifier_synthetic")
 
-    def __init__(self, root: str | Path | None = None, max_models: int = MAX_CACHED_MODELS) -> None:
+
+class ModelStore:
+    """Lazily loaded, cached models per checkpoint folder (thread-safe).
+
+    Args:
+        root: the shipped checkpoints, ``<root>/<domain>/{diffusion,classifier,classifier_synthetic}``
+            (and older job outputs named ``diffusion-*`` / ``classifier-*``).
+        user_root: models that the app's Train tab wrote, ``<user_root>/<domain>/<name>``, any name;
+            a diffusion model is a folder with ``model_index.json``, a classifier one with ``config.json``.
+        max_models: how many loaded models stay cached (least recently used are dropped).
+    """
+
+    def __init__(self, root: str | Path | None = None, max_models: int = MAX_CACHED_MODELS,
+                 user_root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_checkpoint_root()
+        self.user_root = Path(user_root) if user_root is not None else None
         self.max_models = max_models
         self._cache: OrderedDict[str, tuple[float, object]] = OrderedDict()  # path -> (files' stamp, model)
         self._lock = threading.Lock()  # guards the cache dict only; loading happens under a per-path lock
         self._path_locks: dict[str, threading.Lock] = {}
+        self._ood: dict[tuple[str, float], object] = {}  # (file, mtime) -> ood.Reference
+
+    def _user_models(self, domain: str, prefix: str) -> list[str]:
+        base = self.user_root / get_domain(domain).key if self.user_root is not None else None
+        if base is None or not base.is_dir():
+            return []
+        is_diffusion = prefix == "diffusion"
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.name not in SHIPPED_FOLDERS
+                      and (p / "model_index.json").is_file() == is_diffusion
+                      and (is_diffusion or (p / "config.json").is_file()))
 
     def path(self, domain: str, folder: str) -> Path:
-        return self.root / get_domain(domain).key / folder
+        key = get_domain(domain).key
+        if self.user_root is not None and folder not in SHIPPED_FOLDERS and not (self.root / key / folder).is_dir() \
+                and (self.user_root / key / folder).is_dir():
+            return self.user_root / key / folder
+        return self.root / key / folder
 
     def has(self, domain: str, folder: str) -> bool:
         p = self.path(domain, folder)
@@ -58,16 +86,17 @@ class ModelStore:
         return [key for key in DOMAINS if self.models(key, folder)]
 
     def models(self, domain: str, prefix: str) -> list[str]:
-        """Checkpoint folders of a domain whose name starts with ``prefix`` ("diffusion" or "classifier"):
-        the shipped ones first, then those that training jobs wrote (``<prefix>-<timestamp>``), newest last."""
+        """Model names of a domain, ``prefix`` "diffusion" or "classifier": the shipped ones first, then
+        older job outputs under the shipped root (``<prefix>-<timestamp>``), then ``user_root``'s by name."""
         base = self.root / get_domain(domain).key
-        if not base.is_dir():
-            return []
-        marker = "model_index.json" if prefix == "diffusion" else "config.json"
-        found = sorted(p.name for p in base.iterdir()
-                       if p.name.startswith(prefix) and not p.name.startswith(".") and (p / marker).is_file())
-        shipped = [n for n in found if n in ("diffusion", "classifier", "classifier_synthetic")]
-        return shipped + [n for n in found if n not in shipped]
+        found = []
+        if base.is_dir():
+            marker = "model_index.json" if prefix == "diffusion" else "config.json"
+            found = sorted(p.name for p in base.iterdir()
+                           if p.name.startswith(prefix) and not p.name.startswith(".") and (p / marker).is_file())
+        shipped = [n for n in found if n in SHIPPED_FOLDERS]
+        rest = [n for n in found if n not in shipped]
+        return shipped + rest + [n for n in self._user_models(domain, prefix) if n not in found]
 
     def classifier_kinds(self, domain: str) -> list[str]:
         """What the Classify tab offers: 'real-trained', 'synthetic-trained', then job outputs by folder name."""
@@ -126,6 +155,26 @@ class ModelStore:
             )
         return self._load(self.path(domain, folder), load_classifier)
 
+    def ood_reference(self, domain: str, kind: str = "real-trained"):
+        """The out-of-domain reference guarding a classifier: beside it, else the domain's shipped one."""
+        from . import ood
+
+        folder = CLASSIFIER_KINDS.get(kind, kind)
+        candidates = [self.path(domain, folder), self.root / get_domain(domain).key]
+        for path in candidates:
+            file = path / ood.REFERENCE_NAME
+            if file.is_file():
+                key = (str(file), file.stat().st_mtime)
+                with self._lock:
+                    hit = self._ood.get(key)
+                if hit is None:
+                    hit = ood.load(path)
+                    with self._lock:
+                        self._ood[key] = hit
+                if hit.info.get("domain", domain) == domain:
+                    return hit
+        return None
+
     def card(self, domain: str, folder: str) -> str | None:
         readme = self.path(domain, folder) / "README.md"
         return readme.read_text(encoding="utf-8") if readme.is_file() else None
@@ -154,6 +203,19 @@ def whole_number(value, name: str, low: int, high: int) -> int:
         raise MedsynthError(f"{name} must be a whole number, got {value!r}")
     if not low <= number <= high:
         raise MedsynthError(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def real_number(value, name: str, low: float, high: float) -> float:
+    """A UI number field as a finite float in [low, high], or a clear error."""
+    if value is None or value == "":
+        raise MedsynthError(f"{name} is empty; enter a number from {low:g} to {high:g}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MedsynthError(f"{name} must be a number, got {value!r}") from None
+    if not low <= number <= high:  # NaN fails this too
+        raise MedsynthError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
     return number
 
 
@@ -204,9 +266,15 @@ def generate(
     ``start_from``: "mean" or "prior" (see ``diffusion.STARTS``)."""
     import torch
 
+    from .recipes import SAMPLERS, STARTS
+
     steps = whole_number(steps, "steps", 1, MAX_STEPS)
-    if guidance is None or not 0 <= float(guidance) <= 20:
-        raise MedsynthError(f"guidance must be between 0 and 20, got {guidance}")
+    guidance = real_number(guidance, "guidance", 0.0, 20.0)
+    if sampler not in SAMPLERS:
+        raise MedsynthError(f"unknown sampler {sampler!r}; expected one of: {', '.join(SAMPLERS)}")
+    if (start_from or "mean") not in STARTS:
+        raise MedsynthError(f"unknown start {start_from!r}; expected one of: {', '.join(STARTS)}")
+    plan_jobs(get_domain(domain).classes, class_choice, count, seed)  # bad counts and seeds fail before loading
     pipe = store.pipeline(domain, model)
     jobs = plan_jobs(pipe.classes, class_choice, count, seed)
 
@@ -247,6 +315,11 @@ def write_zip(items: list[Generated], path: str | Path, domain: str) -> Path:
     return path
 
 
+def display_name(source) -> str:
+    """How messages name an uploaded file: its own name, never the server's temporary folder."""
+    return Path(str(source)).name if isinstance(source, (str, os.PathLike)) else "the image"
+
+
 def read_image(source, domain: str) -> np.ndarray:
     """An uploaded file path (PNG, JPEG, DICOM, ...) or an array -> uint8 (H, W, C) in the domain's channels."""
     from .io import load_image, to_channels
@@ -259,26 +332,85 @@ def read_image(source, domain: str) -> np.ndarray:
         if arr.ndim == 3 and arr.shape[2] == 4:
             arr = arr[..., :3]
         return to_channels(arr, channels)
-    return load_image(source, channels)
+    if isinstance(source, dict) and "path" in source:  # a FileData-like dict from an API client
+        source = source["path"]
+    if not isinstance(source, (str, os.PathLike)):
+        raise MedsynthError(f"expected an image file, got {type(source).__name__}")
+    return load_image(source, channels, name=display_name(source))
+
+
+def upscale_for_display(image: np.ndarray, min_side: int = 256) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor so a 64-px image is visible pixel for pixel."""
+    factor = max(1, -(-min_side // max(min(image.shape[:2]), 1)))
+    image = to_display(image)
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
+
+
+def preview(store: ModelStore, source, domain: str, kind: str) -> np.ndarray:
+    """What the chosen classifier sees of an uploaded file, enlarged for the screen."""
+    clf = store.classifier(domain, kind)
+    return upscale_for_display(clf.model_view(read_image(source, domain)))
+
+
+def domain_note(verdict: dict) -> str:
+    """The out-of-domain guard's verdict as one Markdown line."""
+    if verdict.get("in_domain") is False:
+        return f"⚠️ **Out of domain:** this image {verdict['note']}."
+    if verdict.get("in_domain") is True:
+        return "In domain: the image looks like the domain's real images."
+    return f"Not checked for out-of-domain input: {verdict.get('note', '')}."
+
+
+def assess(store: ModelStore, source, domain: str, kind: str) -> tuple[dict[str, float], dict]:
+    """Every class probability (for a gr.Label) and the out-of-domain guard's verdict."""
+    from . import ood
+
+    clf = store.classifier(domain, kind)
+    image = read_image(source, domain)
+    probs = clf.predict_proba([image])[0]
+    verdict = ood.check(store.ood_reference(domain, kind), [image])[0]
+    return {c: float(p) for c, p in zip(clf.classes, probs)}, verdict
 
 
 def classify(store: ModelStore, source, domain: str, kind: str) -> dict[str, float]:
     """Every class probability, for a gr.Label."""
-    clf = store.classifier(domain, kind)
-    probs = clf.predict_proba([read_image(source, domain)])[0]
-    return {c: float(p) for c, p in zip(clf.classes, probs)}
+    return assess(store, source, domain, kind)[0]
+
+
+def summary_line(kind: str, probs: dict[str, float], verdict: dict) -> str:
+    top = max(probs, key=probs.get)
+    return f"{kind} classifier: **{top}** ({probs[top]:.1%}).\n\n{domain_note(verdict)}"
 
 
 def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 0,
-                 progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """LIME and Grad-CAM overlays side by side, with a one-line summary."""
+                 progress: Callable[[float], None] | None = None
+                 ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
+    """Probabilities (exactly as ``classify``), LIME and Grad-CAM overlays, and a summary."""
     from .explain import explain
 
+    seed = whole_number(seed, "LIME seed", 0, MAX_SEED)
     clf = store.classifier(domain, kind)
     image = read_image(source, domain)
-    seed = whole_number(seed, "LIME seed", 0, MAX_SEED)
+    probs, verdict = assess(store, source, domain, kind)
     cam = explain(image, clf, "gradcam")
     lime = explain(image, clf, "lime", seed=seed, progress=progress)
-    summary = (f"{kind} classifier: **{lime.target_class}** ({lime.probability:.1%}). "
-               f"LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s.")
-    return lime.overlay, cam.overlay, summary
+    summary = (summary_line(kind, probs, verdict)
+               + f" LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s (both explain **{lime.target_class}**).")
+    return probs, upscale_for_display(lime.overlay), upscale_for_display(cam.overlay), summary
+
+
+def sampling_defaults(store: ModelStore, domain: str, model: str = "diffusion") -> dict:
+    """The settings the model's audited synthetic set was drawn with (its ``audit.json``), else the
+    shipped recipe's defaults: sampler, steps, guidance, start_from."""
+    import json
+
+    from .recipes import DEFAULT_SAMPLING
+
+    found = dict(DEFAULT_SAMPLING)
+    try:
+        record = json.loads((store.path(domain, model) / "audit.json").read_text(encoding="utf-8"))
+        gen = record.get("generation") or {}
+        found.update({k: gen[k] for k in DEFAULT_SAMPLING if k in gen})
+    except (OSError, ValueError, AttributeError, MedsynthError):
+        pass
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import zipfile
@@ -100,8 +101,10 @@ def test_plan_and_generate(store, tmp_path):
 def test_classify_and_explain(store, tmp_path):
     probs = service.classify(store, str(EXAMPLE), "covid_ct", "real-trained")
     assert set(probs) == {"covid", "non_covid"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-    lime, cam, summary = service.explain_both(store, str(EXAMPLE), "covid_ct", "synthetic-trained", seed=0)
-    assert lime.ndim == 3 and cam.ndim == 3 and "synthetic-trained classifier" in summary
+    same, lime, cam, summary = service.explain_both(store, str(EXAMPLE), "covid_ct", "real-trained", seed=0)
+    assert same == probs  # one code path: Explain reports exactly what Classify reports
+    assert lime.ndim == 3 and cam.ndim == 3 and "real-trained classifier" in summary
+    assert "Not checked for out-of-domain input" in summary  # the tiny classifier has no reference
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(MedsynthError, match="bad.png: not a recognised image"):
         service.classify(store, str(tmp_path / "bad.png"), "covid_ct", "real-trained")
@@ -123,11 +126,16 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def running_app(checkpoints, data_root, tmp_path_factory):
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def running_app(checkpoints, data_root, models_dir, tmp_path_factory):
     import app as app_module
 
     demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root,
-                                jobs_dir=tmp_path_factory.mktemp("jobs"))
+                                jobs_dir=tmp_path_factory.mktemp("jobs"), models_dir=models_dir)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -152,24 +160,55 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
     job.result()
     outputs = job.outputs()
     assert [o[3] for o in outputs[:-1]][-1] == "step 2/2" and "1 image(s)" in outputs[-1][3]
-    label = client.predict(handle_file(str(EXAMPLE)), None, "covid_ct", "real-trained", api_name="/classify")
-    assert {c["label"] for c in label["confidences"]} == {"covid", "non_covid"}
-    lime, cam, summary = client.predict(handle_file(str(EXAMPLE)), None, "covid_ct", "real-trained", 0,
-                                        api_name="/explain")
+    # a client can bypass the sliders: every field answers with its own name
+    for kwargs, message in [({"count": 17}, "images must be at most 16, got 17"),
+                            ({"steps": "many"}, "steps must be a number, got 'many'"),
+                            ({"guidance": "nan"}, "guidance (1 = none) must be a finite number"),
+                            ({"seed": -5}, "seed must be between 0 and"),
+                            ({"sampler": "euler"}, "euler is not in the list of choices")]:
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.predict(domain="covid_ct", **kwargs, api_name="/generate")
+    # the calls exactly as the README documents them: the image alone, or with keyword arguments
+    label, summary = client.predict(handle_file(str(EXAMPLE)), api_name="/classify")
+    assert {c["label"] for c in label["confidences"]} == {"covid", "non_covid"} and "classifier" in summary
+    again, _ = client.predict(handle_file(str(EXAMPLE)), domain="covid_ct", classifier="real-trained",
+                              api_name="/classify")
+    assert again == label
+    explained, lime, cam, summary = client.predict(handle_file(str(EXAMPLE)), domain="covid_ct", lime_seed=0,
+                                                   api_name="/explain")
+    assert explained == label  # Explain and Classify: the same probabilities for the same image
     assert Path(lime).exists() and Path(cam).exists() and "LIME" in summary
-    with pytest.raises(Exception, match="not a recognised image"):
-        (tmp_path / "bad.png").write_bytes(b"nope")
-        client.predict(None, handle_file(str(tmp_path / "bad.png")), "covid_ct", "real-trained", api_name="/classify")
+    (tmp_path / "my scan (1).png").write_bytes(b"nope")
+    with pytest.raises(Exception, match=r"my scan \(1\)\.png: not a recognised image") as caught:
+        client.predict(handle_file(str(tmp_path / "my scan (1).png")), api_name="/classify")
+    assert "/tmp" not in str(caught.value) and "gradio" not in str(caught.value)  # its own name, no server path
     client.close()
 
 
-def test_browser_generate_upload_classify(running_app, tmp_path):
-    """Open the page in Debian's chromium, generate, upload an image, classify, and save a screenshot."""
+def _coloured_pixels(png: bytes) -> int:
+    """Pixels of a screenshot that are clearly coloured (a plotted line), not grey text, axes or background."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int(((rgb.max(2) - rgb.min(2)) > 80).sum())
+
+
+def test_browser_flows(running_app, models_dir, tmp_path):
+    """In Debian's chromium, as a visitor: generate, send one to Classify, classify, explain, drop a bad file,
+    pick an example, and train a job whose loss curve draws. Screenshots of each step are saved to
+    MEDSYNTH_SCREENSHOTS (a folder) when it is set."""
+    import time
+
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
         pytest.skip("chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import expect, sync_playwright
 
+    shots = Path(os.environ.get("MEDSYNTH_SCREENSHOTS", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "notes.txt").write_text("not a scan")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -178,17 +217,51 @@ def test_browser_generate_upload_classify(running_app, tmp_path):
         page.goto(running_app)
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.get_by_text("image(s) in")).to_be_visible(timeout=60_000)
-        page.get_by_role("tab", name="Classify & Explain").click()
-        page.locator("input[type=file]").first.set_input_files(str(EXAMPLE))
+        expect(page.locator("#generate-gallery img")).to_have_count(4)  # every image asked for is shown
+        page.screenshot(path=str(shots / "1_generate.png"), full_page=True)
+        page.locator("#generate-gallery img").nth(1).click()
+        page.get_by_role("button", name="Send selected image to Classify").click()
+        expect(page.locator("#scan-view img")).to_be_visible(timeout=30_000)  # what the CNN sees
+        expect(page.locator("#scan-file").get_by_text("generated_")).to_be_visible()
         page.get_by_role("button", name="Classify", exact=True).click()
-        expect(page.get_by_test_id("label").get_by_text("non_covid").first).to_be_visible(timeout=60_000)
-        shot = Path(os.environ.get("MEDSYNTH_SCREENSHOT", tmp_path / "shot.png"))  # set it to keep the picture
-        page.screenshot(path=str(shot), full_page=True)
+        expect(page.locator("#scan-summary").get_by_text("real-trained classifier")).to_be_visible(timeout=60_000)
+        expect(page.locator("#scan-label").get_by_text("non_covid").first).to_be_visible()
+        page.get_by_role("button", name="Explain (LIME + Grad-CAM)").click()
+        expect(page.locator("#scan-lime img")).to_be_visible(timeout=120_000)
+        page.screenshot(path=str(shots / "2_classify_explain.png"), full_page=True)
+        # a bad file: its own name and what is wrong, and the old results are gone
+        page.locator("#scan-file").get_by_label("Clear").click()
+        page.locator("#scan-file input[type=file]").set_input_files(str(tmp_path / "notes.txt"))
+        expect(page.locator("#scan-summary").get_by_text("notes.txt: not a recognised image")).to_be_visible(
+            timeout=30_000)
+        expect(page.locator("#scan-lime img")).to_have_count(0)
+        expect(page.locator("#scan-label").get_by_text("non_covid")).to_have_count(0)
+        page.screenshot(path=str(shots / "3_bad_file.png"), full_page=True)
+        # an example, labelled with its true class, replaces it
+        page.get_by_text("covid_ct: covid", exact=True).first.click()
+        expect(page.locator("#scan-view img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#scan-summary").get_by_text("Cannot use this file")).to_have_count(0)
+        # the Train tab: only the chosen job's fields, and a loss curve that draws while it runs
+        page.get_by_role("tab", name="Train").click()
+        expect(page.get_by_label("diffusion steps")).to_be_hidden()
+        page.locator("#train-domain input").click()
+        page.get_by_role("option", name="covid_ct").click()
+        page.get_by_label("data folder (inside the data root; one sub-folder per class)").fill("ct")
+        page.get_by_label("classifier epochs").fill("3")
+        page.get_by_label("output name (empty: the name shown)").fill("browser_job")
+        page.get_by_role("button", name="Start", exact=True).click()
+        expect(page.get_by_text("finished", exact=True)).to_be_visible(timeout=240_000)
+        time.sleep(3)  # one more tick of the 2-s timer after the last epoch
+        plot = page.locator("#train-plot")
+        plot.scroll_into_view_if_needed()
+        png = plot.screenshot(path=str(shots / "4_train_plot.png"))
+        page.screenshot(path=str(shots / "4_train.png"), full_page=True)
         browser.close()
-    assert shot.stat().st_size > 10_000
+    assert (models_dir / "covid_ct" / "browser_job" / "model.safetensors").is_file()
+    assert _coloured_pixels(png) > 200, "the loss plot drew no line"
 
 
-def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints, tmp_path):
+def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints, models_dir, tmp_path):
     """Start a 1-epoch classifier job through the API, watch its status, then find its checkpoint."""
     import time
 
@@ -198,7 +271,10 @@ def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints,
     with pytest.raises(Exception, match="outside the data root|inside the data root|not inside|escapes"):
         client.predict("classifier", "covid_ct", "../../etc", 1, 1, 4, 0, api_name="/train_start")
     # fine-tune the installed real-trained classifier for one epoch
-    status, log, _ = client.predict("classifier", "covid_ct", "ct", 1, 1, 4, 0, "classifier", api_name="/train_start")
+    with pytest.raises(Exception, match="does not fit brain_mri: .*'covid' is not a known class"):
+        client.predict("classifier", "brain_mri", "ct", 1, 1, 4, 0, api_name="/train_start")
+    status, log, _ = client.predict("classifier", "covid_ct", "ct", 1, 1, 4, 0, "classifier", "ft_ct",
+                                    api_name="/train_start")
     assert status.startswith("**running**") and "train-classifier" in status
     with pytest.raises(Exception, match="already running"):
         client.predict("classifier", "covid_ct", "ct", 1, 1, 4, 0, api_name="/train_start")
@@ -210,11 +286,18 @@ def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints,
         time.sleep(1)
     assert status.startswith("**finished**"), log
     assert "--init-from" in log
-    new = [k for k in service.ModelStore(checkpoints).classifier_kinds("covid_ct") if k.startswith("classifier-")]
-    assert len(new) == 1
+    # written under the models folder, named as asked, never inside the shipped checkpoints
+    assert (models_dir / "covid_ct" / "ft_ct" / "model.safetensors").is_file()
+    assert not any(p.name == "ft_ct" for p in (checkpoints / "covid_ct").iterdir())
+    assert "ft_ct" in service.ModelStore(checkpoints, user_root=models_dir).classifier_kinds("covid_ct")
+    points = [p for p in client.predict(api_name="/train_status")[2]["data"]]
+    assert points, "the loss plot gets the job's points"
+    with pytest.raises(Exception, match="a model named 'ft_ct' already exists"):
+        client.predict("classifier", "covid_ct", "ct", 1, 1, 4, 0, "none (ImageNet / from scratch)", "ft_ct",
+                       api_name="/train_start")
     from gradio_client import handle_file
 
-    label = client.predict(handle_file(str(EXAMPLE)), None, "covid_ct", new[0], api_name="/classify")
+    label, _ = client.predict(handle_file(str(EXAMPLE)), "covid_ct", "ft_ct", api_name="/classify")
     assert {c["label"] for c in label["confidences"]} == {"covid", "non_covid"}
     client.close()
 
@@ -263,7 +346,9 @@ def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, t
             break
         time.sleep(1)
     assert text.startswith("**finished**") and "2 of 2 cells" in text, log
-    assert list(frame["series"]) == ["synthetic", "synthetic"] and frame["y"].between(0, 1).all()
+    drawn = frame.dropna()  # the NaN rows keep every series in the plot's colour scale and draw nothing
+    assert list(drawn["series"]) == ["synthetic", "synthetic"] and drawn["y"].between(0, 1).all()
+    assert set(frame["series"]) == {"real", "synthetic", "mixed"}
     assert report.value.startswith("covid_ct · train on synthetic, test on real · yours · tstr_covid_ct")
     assert (tmp_path / "results" / "tstr_covid_ct" / "report.md").is_file()
     _, _, _, again, _ = fns["experiment_status"](seen)  # selected once, not again on every tick
@@ -298,8 +383,11 @@ def test_send_selected_image_to_classify(checkpoints):
     fns = {b.api_name: b.fn for b in demo.fns.values()}
     assert fns["select_generated"](gr.SelectData(None, {"index": 1, "value": None})) == 1
     items = service.generate(service.ModelStore(checkpoints), "covid_ct", "all classes", 2, "ddim", 2, 1.0, 0)
-    image, file, domain, tabs = fns["send_to_classify"]({"domain": "covid_ct", "items": items}, 7)  # stale index
-    assert np.array_equal(image, items[1].image[..., 0]) and file is None and domain["value"] == "covid_ct"
+    file, domain, tabs = fns["send_to_classify"]({"domain": "covid_ct", "items": items}, 7)  # stale index
+    from medsynth.io import load_image
+
+    assert np.array_equal(load_image(file, 1), items[1].image) and domain["value"] == "covid_ct"
+    assert Path(file).name == f"generated_{items[1].class_name}_seed1.png"
     assert tabs.selected == "classify"
 
 

@@ -11,6 +11,9 @@ from PIL import Image
 from medsynth.errors import ImageLoadError
 from medsynth.io import load_image, to_channels
 
+from corpus import dicom as _dicom
+from corpus import dicom_without_pixels
+
 
 def _gradient(h=32, w=48):
     return np.tile(np.linspace(0, 255, w, dtype=np.float64), (h, 1))
@@ -96,35 +99,6 @@ def test_bytes_and_stream_sources():
 
 # -- DICOM --------------------------------------------------------------------------------------
 
-def _dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None, window=None, signed=False):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1 if signed else 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_dicom_rescale_and_window(tmp_path):
     # Stored 0..2000 with slope 1, intercept -1024 -> HU -1024..976; lung-ish window 40 +/- 200.
     stored = np.tile(np.linspace(0, 2000, 64), (32, 1)).astype(np.uint16)
@@ -151,16 +125,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
 
 
 def test_dicom_without_pixels(tmp_path):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.PatientName = "Anonymous"
-    ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    dicom_without_pixels(tmp_path / "report.dcm")
     with pytest.raises(ImageLoadError, match=r"report\.dcm: DICOM file has no pixel data"):
         load_image(tmp_path / "report.dcm")
 
