@@ -3,7 +3,7 @@
 The model is a diffusers ``UNet2DModel`` with a class embedding of ``K + 1`` entries: the K
 classes of the domain plus one "no class" index used for classifier-free guidance (Ho & Salimans
 2022). ``ClassConditionalPipeline`` is a ``DiffusionPipeline`` subclass (``DDPMPipeline`` takes no
-labels) whose ``save_pretrained`` folder is SPEC's checkpoint: ``model_index.json`` (with the
+labels) whose ``save_pretrained`` folder is the checkpoint of docs/checkpoints.md: ``model_index.json`` (with the
 domain and class names), ``unet/`` and ``scheduler/``. Loading it never touches the network.
 
 Samplers are swapped by name on a copy of the training scheduler's config, so one checkpoint

@@ -23,7 +23,7 @@ def evaluate_folder(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict:
-    """SPEC's evaluation record: domain, n, accuracy, macro_f1, classes, per_class, confusion_matrix, seconds.
+    """The evaluation record of docs/cli.md: domain, n, accuracy, macro_f1, classes, per_class, confusion_matrix, seconds.
 
     Class folders and their order come from the checkpoint's config; a folder that is not one of
     its classes, or an unreadable image, raises an error naming it.

@@ -35,7 +35,7 @@ def generate_to_folder(
     start_log_snr: float = START_LOG_SNR,
     start_from: str = "mean",
 ) -> dict:
-    """Generate one image per (class name, seed) job and save PNGs; returns SPEC's summary.
+    """Generate one image per (class name, seed) job and save PNGs; returns the summary of docs/cli.md.
 
     ``labelled``: write ``out/<class>/<class>_<seed>.png`` (a dataset for train-classifier),
     else ``out/<class>_<seed>.png``. ``labels.csv`` (file, class, seed) lists every image.

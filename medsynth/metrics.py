@@ -1,4 +1,4 @@
-"""Classification metrics in the shape SPEC's ``evaluate --json`` contract fixes."""
+"""Classification metrics in the shape the ``evaluate --json`` contract fixes (docs/cli.md)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ EXAMPLE = ROOT / "examples" / "covid_ct" / "covid_00012.jpg"
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
-    """Tiny covid_ct checkpoints in SPEC's layout: diffusion, classifier, classifier_synthetic."""
+    """Tiny covid_ct checkpoints in the layout of docs/checkpoints.md: diffusion, classifier, classifier_synthetic."""
     from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
     from medsynth.train_classifier import ClassifierRecipe, train_classifier
 

@@ -1,4 +1,4 @@
-"""Training a tiny classifier and the command-line contract of SPEC (evaluate, classify, errors)."""
+"""Training a tiny classifier and the command-line contract of docs/cli.md (evaluate, classify, errors)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from medsynth.cli import main
 
 from conftest import TINY_ARCH, make_dataset
 
-SPEC_KEYS = ["domain", "n", "accuracy", "macro_f1", "classes", "per_class", "confusion_matrix", "seconds"]
+RECORD_KEYS = ["domain", "n", "accuracy", "macro_f1", "classes", "per_class", "confusion_matrix", "seconds"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def test_evaluate_json_contract(trained_tiny, capsys):
     out, data = trained_tiny
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(data), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert list(record) == SPEC_KEYS
+    assert list(record) == RECORD_KEYS
     assert record["domain"] == "all_blood" and record["n"] == 40
     assert record["classes"] == ["benign", "early", "pre", "pro"]
     assert set(record["per_class"]["pre"]) == {"precision", "recall", "f1", "support"}
@@ -109,7 +109,7 @@ def test_classify_json(trained_tiny, capsys):
 
 
 def test_one_epoch_cli_training_then_evaluate(tmp_path):
-    """SPEC's contract end to end through `python -m medsynth`: train one epoch, then evaluate --json."""
+    """docs/cli.md's contract end to end through `python -m medsynth`: train one epoch, then evaluate --json."""
     data = make_dataset(tmp_path / "data", ["covid", "non_covid"], n_per_class=5, size=36, channels=1)
     out = tmp_path / "clf"
     proc = run_cli("train-classifier", "--domain", "covid_ct", "--data", str(data), "--out", str(out),
@@ -120,7 +120,7 @@ def test_one_epoch_cli_training_then_evaluate(tmp_path):
     proc = run_cli("evaluate", "--checkpoint", str(out), "--data", str(data), "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert list(record) == SPEC_KEYS and record["n"] == 10 and record["classes"] == ["covid", "non_covid"]
+    assert list(record) == RECORD_KEYS and record["n"] == 10 and record["classes"] == ["covid", "non_covid"]
     # A second run into the same folder must not silently replace the checkpoint.
     proc = run_cli("train-classifier", "--domain", "covid_ct", "--data", str(data), "--out", str(out))
     assert proc.returncode == 2 and "already holds a checkpoint; pass --overwrite" in proc.stderr

@@ -9,7 +9,7 @@ from medsynth.domains import DOMAINS, Domain, get_domain
 from medsynth.errors import MedsynthError
 from medsynth.transforms import build_augmentation
 
-SPEC_CLASSES = {
+REGISTRY_CLASSES = {
     "brain_mri": (("glioma", "meningioma", "notumor", "pituitary"), 1),
     "all_blood": (("benign", "early", "pre", "pro"), 3),
     "covid_ct": (("covid", "non_covid"), 1),
@@ -17,7 +17,7 @@ SPEC_CLASSES = {
 
 
 def test_spec_domains_present_in_order():
-    for key, (classes, channels) in SPEC_CLASSES.items():
+    for key, (classes, channels) in REGISTRY_CLASSES.items():
         d = get_domain(key)
         assert d.classes == classes and d.channels == channels
 

@@ -1,4 +1,4 @@
-"""The trained checkpoints shipped under checkpoints/<domain>/: SPEC's layout and size budget,
+"""The trained checkpoints shipped under checkpoints/<domain>/: the layout of docs/checkpoints.md and size budget,
 loadable with the package alone, one small inference each, and complete model cards.
 
 A domain whose models have not been shipped yet is skipped; a partly shipped domain fails.
