@@ -335,7 +335,8 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Class
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_diffusers()
     try:
-        pipe = ClassConditionalPipeline.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+        pipe = ClassConditionalPipeline.from_pretrained(str(path), dtype=torch.float32, local_files_only=True,
+                                                        use_safetensors=True)  # never a pickled .bin
     except (OSError, ValueError) as exc:
         raise MedsynthError(f"{path}: diffusion checkpoint cannot be loaded ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
