@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from medsynth import reports, service  # noqa: E402
@@ -486,7 +487,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                         g_preview = gr.Image(label="preview (first image; enlarged, nearest neighbour)", type="numpy",
                                              format="png", height=280, interactive=False)
                         g_gallery = gr.Gallery(elem_id="generate-gallery", label="samples (enlarged, nearest neighbour; click one to select it)",
-                                               columns=8, format="png", height="auto", object_fit="contain")
+                                               columns=6, format="png", height="auto", object_fit="contain")
                         g_status = gr.Markdown()
                         with gr.Row():
                             g_zip = gr.File(label="download (PNGs + labels.csv)")
@@ -550,6 +551,15 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                             + ("" if in_public_space() else
                                f"; yours are found under {', '.join(f'`{r}`' for r in results_roots) or 'no folder'} "
                                "(set MEDSYNTH_RESULTS to add folders)") + ".")
+                comparison, confusions = reports.classifier_comparison(store.root, Path(tempfile.mkdtemp(dir=work_dir)))
+                if comparison:
+                    with gr.Accordion("The shipped CNNs: trained on real vs on synthetic images only", open=True):
+                        gr.Markdown("Each scored on its domain's held-out real images: never trained on, the same "
+                                    "images for both CNNs; they also chose each CNN's best epoch, so these figures "
+                                    "lean optimistic (the experiment's reports below select on training images "
+                                    "only). The full model cards are at the bottom of this tab.\n\n" + comparison)
+                        gr.Gallery([(Image.open(p).convert("RGB"), c) for p, c in confusions], columns=6,
+                                   height="auto", object_fit="contain", label="confusion matrices (rows: true class)")
                 first_reports = report_choices()
                 with gr.Row():
                     e_report = gr.Dropdown(first_reports, value=first_reports[0] if first_reports else None,

@@ -72,7 +72,9 @@ def find_reports(shipped_root: str | Path | None, user_roots: Sequence[str | Pat
                         seen.add(folder)
                         found.append(Report(report.parent, kind, domain, shipped))
                     break
-    return found
+    # shipped before yours; within each, the experiment's reports before the audits (the study first)
+    order = {kind: i for i, kind in enumerate(("tstr", "audit"))}
+    return sorted(found, key=lambda r: (not r.shipped, order.get(r.kind, 9)))
 
 
 def read_report(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
@@ -96,3 +98,44 @@ def read_report(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
     # Links to other files of the report (e.g. audit/report.md) cannot be followed in the app: say where they are.
     body = re.sub(r"\[([^\]]+)\]\(([^)\s]+\.md)\)", lambda m: f"`{folder / m.group(2)}`", body)
     return body, figures
+
+
+def classifier_comparison(checkpoints: str | Path, out_dir: str | Path) -> tuple[str, list[tuple[str, str]]]:
+    """The shipped real-trained and synthetic-trained CNNs of every domain side by side, from their
+    ``evaluation.json``: a Markdown table (accuracy, macro-F1, held-out images) and one confusion-matrix
+    PNG per classifier, written into ``out_dir``.
+
+    Returns:
+        (markdown, [(png path, caption), ...]).
+    """
+    from .domains import DOMAINS
+    from .metrics import plot_confusion_matrix
+
+    rows, figures = [], []
+    for key in DOMAINS:
+        records = {}
+        for folder in ("classifier", "classifier_synthetic"):
+            try:
+                record = json.loads((Path(checkpoints) / key / folder / "evaluation.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if record:
+                name, metrics = next(iter(record.items()))  # the held-out folder it was scored on
+                records[folder] = metrics
+                path = Path(out_dir) / f"confusion_{key}_{folder}.png"
+                what = "real-trained" if folder == "classifier" else "synthetic-trained"
+                plot_confusion_matrix(metrics["confusion_matrix"], metrics["classes"], path,
+                                      title=f"{key}: {what} ({metrics['accuracy']:.3f})")
+                figures.append((str(path), f"{key} · {what} · accuracy {metrics['accuracy']:.3f}"))
+        if records:
+            real, syn = records.get("classifier"), records.get("classifier_synthetic")
+            cell = (lambda m: f"{m['accuracy']:.3f} / {m['macro_f1']:.3f}" if m else "–")
+            ratio = f"{syn['accuracy'] / real['accuracy']:.2f}" if real and syn else "–"
+            n = (real or syn)["n"]
+            rows.append(f"| {key} | {n} | {cell(real)} | {cell(syn)} | {ratio} |")
+    if not rows:
+        return "", []
+    table = ("| domain | held-out real images | real-trained CNN: accuracy / macro-F1 | synthetic-trained CNN: "
+             "accuracy / macro-F1 | synthetic / real accuracy |\n| --- | ---: | ---: | ---: | ---: |\n"
+             + "\n".join(rows))
+    return table, figures

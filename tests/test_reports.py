@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import numpy as np
@@ -24,7 +26,7 @@ def _report(folder, kind: str, domain: str, figure: str = "fig.png"):
     return folder
 
 
-def test_find_reports_lists_shipped_first_and_skips_a_runs_own_audit(tmp_path):
+def test_find_reports_lists_shipped_and_the_experiment_first_and_skips_a_runs_own_audit(tmp_path):
     shipped = tmp_path / "shipped"
     _report(shipped / "tstr" / "covid_ct", "tstr", "covid_ct")
     _report(shipped / "tstr" / "covid_ct" / "audit", "audit", "covid_ct")  # part of the run above
@@ -33,9 +35,9 @@ def test_find_reports_lists_shipped_first_and_skips_a_runs_own_audit(tmp_path):
     (tmp_path / "mine" / "stray").mkdir()
     (tmp_path / "mine" / "stray" / "report.md").write_text("no record beside it")
     found = find_reports(shipped, [tmp_path / "mine", tmp_path / "does_not_exist"])
-    assert [(r.kind, r.domain, r.shipped) for r in found] == [
-        ("audit", "brain_mri", True), ("tstr", "covid_ct", True), ("tstr", "all_blood", False)]
-    assert found[1].label == "covid_ct · train on synthetic, test on real · shipped · covid_ct"
+    assert [(r.kind, r.domain, r.shipped) for r in found] == [  # shipped first; the experiment before audits
+        ("tstr", "covid_ct", True), ("audit", "brain_mri", True), ("tstr", "all_blood", False)]
+    assert found[0].label == "covid_ct · train on synthetic, test on real · shipped · covid_ct"
     assert find_reports(shipped, [shipped]) == find_reports(shipped)  # each folder once
 
 
@@ -63,3 +65,21 @@ def test_experiment_tab_shows_a_report(tmp_path, monkeypatch):
     assert "# Report covid_ct" in body and len(figures) == 1 and figures[0][1] == "accuracy: fig.png"
     with pytest.raises(gr.Error, match="no report named"):
         fns["experiment_report"]("nonsense")
+
+
+def test_classifier_comparison_from_the_evaluation_records(tmp_path):
+    import json
+
+    from medsynth.reports import classifier_comparison
+
+    for folder, correct in (("classifier", 9), ("classifier_synthetic", 7)):
+        (tmp_path / "ck" / "covid_ct" / folder).mkdir(parents=True)
+        metrics = {"domain": "covid_ct", "n": 10, "accuracy": correct / 10, "macro_f1": correct / 10 - 0.05,
+                   "classes": ["covid", "non_covid"], "confusion_matrix": [[5, 0], [10 - correct - 5, correct]]}
+        (tmp_path / "ck" / "covid_ct" / folder / "evaluation.json").write_text(json.dumps({"val": metrics}))
+    table, figures = classifier_comparison(tmp_path / "ck", tmp_path / "figs")
+    assert "| covid_ct | 10 | 0.900 / 0.850 | 0.700 / 0.650 | 0.78 |" in table
+    assert [c for _, c in figures] == ["covid_ct · real-trained · accuracy 0.900",
+                                      "covid_ct · synthetic-trained · accuracy 0.700"]
+    assert all(Path(p).stat().st_size > 1000 for p, _ in figures)
+    assert classifier_comparison(tmp_path / "nothing", tmp_path / "figs") == ("", [])
