@@ -27,7 +27,7 @@ from PIL import Image
 
 from . import atomic
 from .errors import MedsynthError
-from .io import _pil_to_array
+from .io import pil_to_array
 from .transforms import Normalize, fit_to_input
 
 CONFIG_NAME = "config.json"
@@ -201,7 +201,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def _as_float_image(image: Any, channels: int, index: int) -> torch.Tensor:
     """One PIL image or HWC/HW array (uint8 0..255, or float 0..1) -> float (C, H, W) in [0, 1]."""
     if isinstance(image, Image.Image):
-        image = _pil_to_array(image)
+        image = pil_to_array(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):

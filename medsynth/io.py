@@ -145,10 +145,10 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
         msg = str(exc)
         kind = "truncated" if "truncat" in msg.lower() else "corrupt"
         raise ImageLoadError(f"{name}: image data is {kind} and cannot be decoded ({msg})") from None
-    return _pil_to_array(frame)
+    return pil_to_array(frame)
 
 
-def _pil_to_array(img: Image.Image) -> np.ndarray:
+def pil_to_array(img: Image.Image) -> np.ndarray:
     """Pillow image of any mode -> uint8 (H, W) gray or (H, W, 3) RGB."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
