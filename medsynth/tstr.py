@@ -639,9 +639,11 @@ def _figures(run: Path, config: TSTRConfig, rows, summary, classes) -> dict:
         figures["accuracy"] = save(fig, "accuracy_by_arch.png")
     # Scarcity curves: accuracy against the fraction of real images, with and without synthetic images.
     fractions = sorted({t["fraction"] for t in table if t["train_set"] in ("real", "mixed")})
-    if len(fractions) > 1:
-        fig, axes = plt.subplots(1, len(archs), figsize=(3.6 * len(archs), 3.0), squeeze=False)
-        for ax, arch in zip(axes[0], archs):
+    curve_archs = [a for a in config.archs if any(t["arch"] == a and t["train_set"] in ("real", "mixed")
+                                                  for t in table)]  # a curve without the full set is one too
+    if len(fractions) > 1 and curve_archs:
+        fig, axes = plt.subplots(1, len(curve_archs), figsize=(3.6 * len(curve_archs), 3.0), squeeze=False)
+        for ax, arch in zip(axes[0], curve_archs):
             for s in ("real", "mixed"):
                 pts = sorted((t["fraction"], t["accuracy"], t["accuracy_se"] or 0) for t in table
                              if t["arch"] == arch and t["train_set"] == s)

@@ -221,3 +221,13 @@ def test_min_steps_gives_small_training_sets_more_epochs():
     assert cell_epochs(5, 64, 1, 3) == 3
     with pytest.raises(MedsynthError, match="--min-steps must be 0"):
         TSTRConfig(domain="covid_ct", real_train="a", real_test="b", out="o", synthetic="s", min_steps=-1).validate()
+
+
+def test_a_scarcity_curve_without_the_full_set_or_synthetic_only_cells_gets_its_report(folders, tmp_path, capsys):
+    """The equal-steps comparison runs only real and mixed cells at small fractions: its report and figures
+    must still be written (the scarcity figure once failed on it, with no architecture at the full set)."""
+    out = tmp_path / "curve"
+    assert main(_args(folders, out, "--no-audit", "--train-sets", "real,mixed", "--fractions", "0.5,0.25")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_finished"] == 4 and set(summary["figures"]) == {"scarcity"}
+    assert (out / "scarcity.png").is_file() and "## Answer" in (out / "report.md").read_text()
