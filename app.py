@@ -551,15 +551,29 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                             + ("" if in_public_space() else
                                f"; yours are found under {', '.join(f'`{r}`' for r in results_roots) or 'no folder'} "
                                "(set MEDSYNTH_RESULTS to add folders)") + ".")
-                comparison, confusions = reports.classifier_comparison(store.root, Path(tempfile.mkdtemp(dir=work_dir)))
+                comparison, _ = reports.classifier_comparison(store.root)  # the table now; figures drawn below
+                confusions_ready: dict = {}
+
+                def draw_confusions():  # ~2 s of matplotlib, off the start-up path
+                    confusions_ready["figures"] = reports.classifier_comparison(
+                        store.root, Path(tempfile.mkdtemp(dir=work_dir)))[1]
+
+                drawing = threading.Thread(target=draw_confusions, name="medsynth-confusions", daemon=True)
+
+                def confusion_gallery():
+                    drawing.join()
+                    return [(Image.open(p).convert("RGB"), c) for p, c in confusions_ready.get("figures", [])]
+
                 if comparison:
+                    drawing.start()
                     with gr.Accordion("The shipped CNNs: trained on real vs on synthetic images only", open=True):
                         gr.Markdown("Each scored on its domain's held-out real images: never trained on, the same "
                                     "images for both CNNs; they also chose each CNN's best epoch, so these figures "
                                     "lean optimistic (the experiment's reports below select on training images "
                                     "only). The full model cards are at the bottom of this tab.\n\n" + comparison)
-                        gr.Gallery([(Image.open(p).convert("RGB"), c) for p, c in confusions], columns=6,
-                                   height="auto", object_fit="contain", label="confusion matrices (rows: true class)")
+                        e_confusions = gr.Gallery(columns=6, height="auto", object_fit="contain",
+                                                  label="confusion matrices (rows: true class)")
+                    demo.load(confusion_gallery, None, e_confusions, api_visibility="private", queue=False)
                 first_reports = report_choices()
                 with gr.Row():
                     e_report = gr.Dropdown(first_reports, value=first_reports[0] if first_reports else None,
