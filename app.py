@@ -36,7 +36,7 @@ import pandas as pd  # noqa: E402
 from medsynth import reports, service  # noqa: E402
 from medsynth.recipes import DEFAULT_SAMPLING, SAMPLERS  # noqa: E402
 from medsynth.domains import DOMAINS, get_domain  # noqa: E402
-from medsynth.errors import MedsynthError  # noqa: E402
+from medsynth.errors import ImageLoadError, MedsynthError  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 DISCLAIMER = "**Research use only. medsynth is not a medical device; do not use it for diagnosis or treatment.**"
@@ -70,7 +70,11 @@ def _checked_number(component, payload):
         try:
             payload = float(str(payload).strip())
         except ValueError:
-            raise gr.Error(f"{name} must be a number, got {payload!r}") from None
+            raise gr.Error(f"{name} must be a number, got {str(payload)[:40]!r}") from None
+    try:
+        payload = float(payload) if isinstance(payload, int) and abs(payload) > 2**53 else payload
+    except OverflowError:
+        raise gr.Error(f"{name} is far too large") from None
     if not math.isfinite(payload):
         raise gr.Error(f"{name} must be a finite number, got {payload!r}")
     if component.minimum is not None and payload < component.minimum:
@@ -156,6 +160,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
     training_enabled = data_root is not None and not in_public_space()
     work_dir = Path(tempfile.mkdtemp(prefix="medsynth-app-"))  # private (0700), this process only
     manager = jobs.JobManager(Path(jobs_dir) if jobs_dir else work_dir / "jobs")
+    downloads = work_dir / "downloads"  # zips and sent images: pruned after an hour (never the jobs' logs)
+    downloads.mkdir()
     atexit.register(manager.cancel)  # a training job does not outlive the app that started it
     gen_domains = store.domains_with("diffusion")
     clf_domains = store.domains_with("classifier")
@@ -217,8 +223,8 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             raise result["error"]
         items = result["items"]
         seconds = time.perf_counter() - started
-        _prune(work_dir)
-        zip_path = service.write_zip(items, Path(tempfile.mkdtemp(dir=work_dir)) / f"{domain}_seed{items[0].seed}.zip",
+        _prune(downloads)
+        zip_path = service.write_zip(items, Path(tempfile.mkdtemp(dir=downloads)) / f"{domain}_seed{items[0].seed}.zip",
                                      domain)
         gallery = [(service.upscale_for_display(it.image), it.caption) for it in items]
         status = (f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)}"
@@ -237,7 +243,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         if not items:
             raise gr.Error("generate images first")
         item = items[min(max(int(selected or 0), 0), len(items) - 1)]  # a selection from an older gallery is clamped
-        path = Path(tempfile.mkdtemp(dir=work_dir)) / f"generated_{item.class_name}_seed{item.seed}.png"
+        path = Path(tempfile.mkdtemp(dir=downloads)) / f"generated_{item.class_name}_seed{item.seed}.png"
         Image.fromarray(service.to_display(item.image)).save(path)
         return str(path), gr.update(value=generated["domain"]), gr.Tabs(selected="classify")
 
@@ -248,9 +254,11 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             return None, *cleared, ""
         try:
             view = service.preview(store, image, domain, classifier)
-        except MedsynthError as exc:
+        except ImageLoadError as exc:
             gr.Warning(str(exc))
             return None, *cleared, f"**Cannot use this file:** {exc}"
+        except MedsynthError:  # e.g. the classifier list is being refreshed for a new domain: nothing to show yet
+            return None, *cleared, ""
         return view, *cleared, ""
 
     @_user_error
@@ -414,7 +422,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         name = (name or "").strip() or default_job_name(kind, domain)
         if not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith(".") or len(name) > 100:
             raise MedsynthError(f"output name {name!r}: use up to 100 letters, digits, '.', '_' and '-'")
-        if name in service.SHIPPED_FOLDERS or name in store.models(domain, "diffusion") + store.models(domain, "classifier"):
+        if name in service.RESERVED_NAMES or name in store.models(domain, "diffusion") + store.models(domain, "classifier"):
             raise MedsynthError(f"a model named {name!r} already exists for {domain}; choose another output name")
         out = models_dir / get_domain(domain).key / name
         if out.exists():
@@ -531,13 +539,13 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                             c_lime = gr.Image(label="LIME (the superpixels that support the class most)", format="png",
                                               interactive=False, elem_id="scan-lime")
                             c_cam = gr.Image(label="Grad-CAM", format="png", interactive=False)
-                c_go.click(do_classify, [c_image, c_domain, c_kind], [c_label, c_summary], api_name="classify",
+                ev_classify = c_go.click(do_classify, [c_image, c_domain, c_kind], [c_label, c_summary], api_name="classify",
                            concurrency_id=HEAVY if os.environ.get("MEDSYNTH_ONE_SLOT") == "1" else QUICK)
-                c_explain.click(do_explain, [c_image, c_domain, c_kind, c_seed], [c_label, c_lime, c_cam, c_summary],
+                ev_explain = c_explain.click(do_explain, [c_image, c_domain, c_kind, c_seed], [c_label, c_lime, c_cam, c_summary],
                                 api_name="explain", concurrency_id=HEAVY)
-                for trigger in (c_image.change, c_domain.change, c_kind.change):  # new input: old results go
+                for trigger in (c_image.change, c_domain.change, c_kind.change):  # new input: old results go, running ones stop
                     trigger(show_view, [c_image, c_domain, c_kind], [c_view, c_label, c_lime, c_cam, c_summary],
-                            api_visibility="private")
+                            api_visibility="private", cancels=[ev_classify, ev_explain])
             g_send.click(send_to_classify, [generated, selected], [c_image, c_domain, tabs],
                          api_name="send_to_classify")
             for trigger in (g_domain.change, c_domain.change):
@@ -554,15 +562,17 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 comparison, _ = reports.classifier_comparison(store.root)  # the table now; figures drawn below
                 confusions_ready: dict = {}
 
-                def draw_confusions():  # ~2 s of matplotlib, off the start-up path
-                    confusions_ready["figures"] = reports.classifier_comparison(
-                        store.root, Path(tempfile.mkdtemp(dir=work_dir)))[1]
+                def draw_confusions():  # ~2 s of matplotlib, off the start-up path; kept in memory
+                    folder = Path(tempfile.mkdtemp(dir=work_dir))
+                    confusions_ready["figures"] = [(Image.open(p).convert("RGB"), c) for p, c in
+                                                   reports.classifier_comparison(store.root, folder)[1]]
+                    shutil.rmtree(folder, ignore_errors=True)
 
                 drawing = threading.Thread(target=draw_confusions, name="medsynth-confusions", daemon=True)
 
                 def confusion_gallery():
                     drawing.join()
-                    return [(Image.open(p).convert("RGB"), c) for p, c in confusions_ready.get("figures", [])]
+                    return confusions_ready.get("figures", [])
 
                 if comparison:
                     drawing.start()
@@ -652,9 +662,10 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                 "(`pip install -r requirements.txt`) and run `python app.py` to train on your GPUs.")
                 gpus = jobs.gpu_count()
                 gr.Markdown(f"GPUs detected: **{gpus}** {', '.join(jobs.describe_gpus())}. Data root: "
-                            f"`{data_root or 'not set (start with MEDSYNTH_DATA_ROOT=...)'}`. One job at a time; "
-                            f"a finished job's model is written to `{models_dir}/<domain>/<output name>` and "
-                            "appears in Generate and Classify.")
+                            f"`{'hidden' if in_public_space() else data_root or 'not set (start with MEDSYNTH_DATA_ROOT=...)'}`. "
+                            "One job at a time; a finished job's model is written to "
+                            f"`{'the models folder' if in_public_space() else models_dir}/<domain>/<output name>` "
+                            "and appears in Generate and Classify.")
                 with gr.Row():
                     t_kind = gr.Radio(["diffusion", "classifier"], value="classifier", label="job")
                     t_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain", elem_id="train-domain")

@@ -67,8 +67,10 @@ def main(argv=None) -> int:
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1",
                GRADIO_ANALYTICS_ENABLED="False")
+    (ROOT / "runs").mkdir(exist_ok=True)
+    log = open(ROOT / "runs" / "load_app.log", "w")  # the app's stderr: a file, never a pipe that can fill
     server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     from gradio_client import Client, handle_file
 
     url = f"http://127.0.0.1:{port}/"
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         except Exception:  # noqa: BLE001 - not up yet
             if time.time() > deadline or server.poll() is not None:
                 server.kill()
-                raise SystemExit("the app did not start: " + (server.stderr.read() if server.stderr else ""))
+                raise SystemExit(f"the app did not start; see {log.name}")
             time.sleep(1)
 
     calls = {

@@ -43,10 +43,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path, title: str = "") -> None:
     """Write a confusion-matrix PNG (counts, with row-normalised colour) atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: safe from a background thread (the app draws these there)
 
     from .atomic import atomic_path
 
@@ -54,7 +51,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.1 * k + 2))
+    fig = Figure(figsize=(1.2 * k + 2.5, 1.1 * k + 2))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     ax.set_xticks(range(k), classes, rotation=30, ha="right")
@@ -69,4 +67,3 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)

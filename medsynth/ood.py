@@ -21,6 +21,7 @@ provenance in its metadata; nothing is unpickled); it guards every classifier of
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,16 +162,12 @@ def find_reference(checkpoint: str | Path, domain: str) -> Reference | None:
 
 
 _EXTRACTOR = None
-_EXTRACTOR_LOCK = None
+_EXTRACTOR_LOCK = threading.Lock()
 
 
 def _lite0():
     """One ImageNet Lite0 per process, built on first use (thread-safe)."""
-    global _EXTRACTOR, _EXTRACTOR_LOCK
-    import threading
-
-    if _EXTRACTOR_LOCK is None:
-        _EXTRACTOR_LOCK = threading.Lock()
+    global _EXTRACTOR
     with _EXTRACTOR_LOCK:
         if _EXTRACTOR is None:
             from .features import Lite0Features

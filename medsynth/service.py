@@ -39,6 +39,15 @@ def default_checkpoint_root() -> Path:
 
 
 SHIPPED_FOLDERS = ("diffusion", "classifier", "classifier_synthetic")
+#: Names a user model may not take: the shipped folders and the kinds the Classify tab names them by.
+RESERVED_NAMES = (*SHIPPED_FOLDERS, *CLASSIFIER_KINDS)
+
+
+def _plain_name(value, what: str) -> str:
+    """A model name from the UI or an API client: one plain folder name, or a clear error."""
+    if not isinstance(value, str) or not value or value in (".", "..") or Path(value).name != value:
+        raise MedsynthError(f"{what} must be one model name from the list, got {str(value)[:60]!r}")
+    return value
 
 
 class ModelStore:
@@ -67,12 +76,13 @@ class ModelStore:
         if base is None or not base.is_dir():
             return []
         is_diffusion = prefix == "diffusion"
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.name not in SHIPPED_FOLDERS
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.name not in RESERVED_NAMES
                       and (p / "model_index.json").is_file() == is_diffusion
                       and (is_diffusion or (p / "config.json").is_file()))
 
     def path(self, domain: str, folder: str) -> Path:
         key = get_domain(domain).key
+        folder = _plain_name(folder, "a model")  # never a path: '..', '/', 'a/b' are refused
         if self.user_root is not None and folder not in SHIPPED_FOLDERS and not (self.root / key / folder).is_dir() \
                 and (self.user_root / key / folder).is_dir():
             return self.user_root / key / folder
@@ -133,14 +143,16 @@ class ModelStore:
             return model
 
     def pipeline(self, domain: str, model: str = "diffusion") -> ClassConditionalPipeline:
+        _plain_name(model, "the diffusion model")
         if model not in self.models(domain, "diffusion"):
             raise MedsynthError(
-                f"no diffusion model {model!r} for {domain} under {self.root / domain}; train one with "
+                f"no diffusion model {model!r} for {domain}; choose one from the list, or train one with "
                 f"'python -m medsynth train-diffusion --domain {domain} ...' or in the Train tab"
             )
         return self._load(self.path(domain, model), load_pipeline)
 
     def classifier(self, domain: str, kind: str = "real-trained") -> Classifier:
+        _plain_name(kind, "the classifier")
         if kind in CLASSIFIER_KINDS:
             folder = CLASSIFIER_KINDS[kind]
         elif kind in self.models(domain, "classifier"):
@@ -150,7 +162,7 @@ class ModelStore:
                                 f"{', '.join(list(CLASSIFIER_KINDS) + self.models(domain, 'classifier'))}")
         if not self.has(domain, folder):
             raise MedsynthError(
-                f"no {kind} classifier for {domain} under {self.path(domain, folder)}; train one with "
+                f"no {kind} classifier is installed for {domain}; train one with "
                 f"'python -m medsynth train-classifier --domain {domain} ...' or in the Train tab"
             )
         return self._load(self.path(domain, folder), load_classifier)
@@ -159,7 +171,7 @@ class ModelStore:
         """The out-of-domain reference guarding a classifier: beside it, else the domain's shipped one."""
         from . import ood
 
-        folder = CLASSIFIER_KINDS.get(kind, kind)
+        folder = CLASSIFIER_KINDS.get(_plain_name(kind, "the classifier"), kind)
         candidates = [self.path(domain, folder), self.root / get_domain(domain).key]
         for path in candidates:
             file = path / ood.REFERENCE_NAME
@@ -168,7 +180,13 @@ class ModelStore:
                 with self._lock:
                     hit = self._ood.get(key)
                 if hit is None:
-                    hit = ood.load(path)
+                    try:
+                        hit = ood.load(path)
+                    except MedsynthError as exc:  # damaged: classify still answers, unchecked, and says why
+                        import warnings
+
+                        warnings.warn(str(exc))
+                        return None
                     with self._lock:
                         self._ood[key] = hit
                 if hit.info.get("domain", domain) == domain:
@@ -407,6 +425,8 @@ def sampling_defaults(store: ModelStore, domain: str, model: str = "diffusion") 
     from .recipes import DEFAULT_SAMPLING
 
     found = dict(DEFAULT_SAMPLING)
+    if not isinstance(model, str) or model not in store.models(domain, "diffusion"):
+        return found
     try:
         record = json.loads((store.path(domain, model) / "audit.json").read_text(encoding="utf-8"))
         gen = record.get("generation") or {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 
 import pytest
@@ -60,8 +61,10 @@ def pipeline_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("damage", ["truncate", "pickle", "missing_unet", "bad_index"])
-def test_damaged_diffusion_checkpoint_is_refused_naming_it(tmp_path, pipeline_dir, damage):
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", r"cannot be loaded"), ("pickle", r"cannot be loaded"), ("missing_unet", r"cannot be loaded"),
+    ("bad_index", r"cannot be loaded")])
+def test_damaged_diffusion_checkpoint_is_refused_naming_it(tmp_path, pipeline_dir, damage, message):
     import warnings
 
     from medsynth.diffusion import load_pipeline
@@ -80,5 +83,5 @@ def test_damaged_diffusion_checkpoint_is_refused_naming_it(tmp_path, pipeline_di
         (ckpt / "model_index.json").write_text("{")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(MedsynthError, match=r"diffusion"):
+        with pytest.raises(MedsynthError, match=re.escape(str(ckpt)) + ": diffusion checkpoint " + message):
             load_pipeline(ckpt)
