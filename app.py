@@ -320,7 +320,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         text = (f"**{st['state']}** · {done} of {total or '?'} cells · {st['elapsed_seconds']:.0f} s · "
                 f"`{st['out_dir']}` · `{st['command']}`")
         if st.get("returncode") not in (None, 0):
-            text += f" · exit code {st['returncode']} (see the log)"
+            text += f" · {jobs.describe_exit(st['returncode'])} (see the log)"
         if st["state"] == "finished" and (Path(st["out_dir"]) / "report.md").is_file():
             text += " · the report is selected above"
         return text, manager.tail(40), curve(points, EXPERIMENT_SERIES)
@@ -422,17 +422,22 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         name = (name or "").strip() or default_job_name(kind, domain)
         if not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith(".") or len(name) > 100:
             raise MedsynthError(f"output name {name!r}: use up to 100 letters, digits, '.', '_' and '-'")
-        if name in service.RESERVED_NAMES or name in store.models(domain, "diffusion") + store.models(domain, "classifier"):
-            raise MedsynthError(f"a model named {name!r} already exists for {domain}; choose another output name")
+        if name in service.RESERVED_NAMES:
+            raise MedsynthError(f"{name!r} is the name of a shipped model; choose another output name")
         out = models_dir / get_domain(domain).key / name
-        if out.exists():
-            raise MedsynthError(f"{out} already exists; choose another output name")
+        # the same name as a job that was killed, crashed or cancelled continues it (--resume)
+        resume = out.is_dir() and jobs.interrupted_run(kind, out) is not None
+        if not resume:
+            if name in store.models(domain, "diffusion") + store.models(domain, "classifier"):
+                raise MedsynthError(f"a model named {name!r} already exists for {domain}; choose another output name")
+            if out.exists():
+                raise MedsynthError(f"output name {name!r} is taken; choose another output name")
         base_path = None if base in (None, "", NO_BASE) else store.path(domain, base)
         if base_path is not None and base not in store.models(domain, "diffusion" if kind == "diffusion" else "classifier"):
             raise MedsynthError(f"base checkpoint {base!r} is not a {kind} model of {domain}")
         out.parent.mkdir(parents=True, exist_ok=True)
         cmd = jobs.build_command(kind, domain, str(folder), str(out), steps=steps, epochs=epochs, batch_size=batch_size,
-                                 base_checkpoint=base_path, gpus=gpus)
+                                 base_checkpoint=base_path, gpus=gpus, resume=resume)
         manager.start(cmd, str(out), kind)
         return refresh_job()
 
@@ -453,7 +458,11 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         if st.get("command"):
             text += f" · {st['elapsed_seconds']:.0f} s · `{st['command']}`"
             if st.get("returncode") not in (None, 0):
-                text += f" · exit code {st['returncode']}"
+                text += f" · {jobs.describe_exit(st['returncode'])}"
+            stopped = jobs.interrupted_run(st["kind"], st["out_dir"]) if st["state"] != "running" else None
+            if stopped:
+                text += (f" · it {stopped}, and what it saved loads; start the same job with the same output name "
+                         f"({Path(st['out_dir']).name}) to continue it")
         points = manager.loss_points()
         frame = curve(points, TRAIN_SERIES)
         return text, manager.tail(40), frame

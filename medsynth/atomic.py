@@ -82,3 +82,31 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(folder: str | os.PathLike, need_mb: float = 0.0, option: str = "--out") -> None:
+    """Fail before any work if ``folder`` cannot be created and written, or its disk has too little room.
+
+    Args:
+        folder: the output folder (created if missing, with its parents).
+        need_mb: the free space the work needs at least, in MB (0: any).
+        option: the command-line option that named the folder, for the message.
+
+    Raises:
+        MedsynthError: saying which folder, what failed and what to do.
+    """
+    from .errors import MedsynthError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".medsynth-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise MedsynthError(f"{option} {folder}: cannot write there ({reason}); choose a folder you can write to") from None
+    free_mb = shutil.disk_usage(folder).free / 1e6
+    if free_mb < need_mb:
+        raise MedsynthError(f"{option} {folder}: only {free_mb:.0f} MB free on its disk, and this run needs about "
+                            f"{need_mb:.0f} MB; free some space or choose another folder")

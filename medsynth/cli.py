@@ -55,6 +55,9 @@ def _add_train_classifier(sub) -> None:
     g.add_argument("--data", required=True, help="folder with one sub-folder per class")
     g.add_argument("--out", required=True, help="output folder for the checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in OUT")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT that was stopped or killed, from its last finished epoch "
+                   "(OUT/state/); options left off keep the run's recorded values")
     g.add_argument("--val-fraction", type=float, default=R.val_fraction,
                    help="fraction of each class held out for validation (default %(default)s; 0 = none)")
     g.add_argument("--val-data", default=None, help="separate validation folder instead of a split of DATA")
@@ -105,17 +108,27 @@ def _add_train_classifier(sub) -> None:
 
 
 def _cmd_train_classifier(args) -> int:
+    import shutil
+
     from .classify import WEIGHTS_NAME
-    from .train_classifier import ClassifierRecipe, train_classifier
+    from .train_classifier import STATE_DIR, ClassifierRecipe, train_classifier, unfinished_epoch
 
     out = Path(args.out)
-    if (out / WEIGHTS_NAME).exists() and not args.overwrite:
-        raise MedsynthError(f"{out} already holds a checkpoint; pass --overwrite or choose another --out")
+    if args.resume and args.overwrite:
+        raise MedsynthError("--resume continues the run in OUT and --overwrite starts it again: give one of them")
+    stopped = unfinished_epoch(out)
+    if not args.resume and not args.overwrite:
+        if stopped is not None:
+            raise MedsynthError(f"{out} holds a run that stopped after epoch {stopped}; pass --resume to continue it, "
+                                "--overwrite to start again, or choose another --out")
+        if (out / WEIGHTS_NAME).exists():
+            raise MedsynthError(f"{out} already holds a checkpoint; pass --overwrite or choose another --out")
     if args.overwrite and _is_main_process():
         # Stale files of the old run must not describe the new weights if this run dies early.
         for name in (WEIGHTS_NAME, "config.json", "README.md", "train_summary.json", "train_log.csv"):
             (out / name).unlink(missing_ok=True)
-    recipe = ClassifierRecipe(
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    options = dict(
         domain=args.domain, data=args.data, out=args.out, arch=args.arch, pretrained=not args.no_pretrained,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
@@ -123,9 +136,11 @@ def _cmd_train_classifier(args) -> int:
         image_size=args.image_size, source_size=args.source_size, val_fraction=args.val_fraction, val_data=args.val_data,
         patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
         num_workers=args.num_workers, max_minutes=args.max_minutes, init_from=args.init_from,
-        progress=not args.json or sys.stderr.isatty(),
+        resume=args.resume, progress=not args.json or sys.stderr.isatty(),
     )
-    summary = train_classifier(recipe)
+    if args.resume:
+        options = _keep_recorded_options(args, ClassifierRecipe, options)
+    summary = train_classifier(ClassifierRecipe(**options))
     if not _is_main_process():
         return 0
     val = summary["val_metrics"]
@@ -136,6 +151,25 @@ def _cmd_train_classifier(args) -> int:
         print(json.dumps(summary))
     return 0
 
+
+
+def _keep_recorded_options(args, recipe_cls, options: dict) -> dict:
+    """--resume continues the recorded recipe: an option left off the command line keeps the value the run
+    recorded in OUT/args.json (e.g. --save-dtype fp16), not the parser's default; a given option wins."""
+    from .recipes import keep_recorded
+
+    saved_file = Path(args.out) / "args.json"
+    if not saved_file.is_file():
+        return options
+    try:
+        saved = json.loads(saved_file.read_text())
+    except ValueError as exc:
+        raise MedsynthError(f"{saved_file} is not valid JSON ({exc}); it records the run's recipe") from None
+    given = {token.split("=", 1)[0] for token in getattr(args, "argv", []) if token.startswith("--") and len(token) > 2}
+    options, kept = keep_recorded(recipe_cls, options, saved, given)
+    if kept and _is_main_process():
+        print(f"resuming with the recorded {', '.join(kept)} (give an option to change it)", file=sys.stderr)
+    return options
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
@@ -354,8 +388,6 @@ def _add_train_diffusion(sub) -> None:
 
 
 def _cmd_train_diffusion(args) -> int:
-    from dataclasses import fields
-
     from .train_diffusion import DiffusionRecipe, train_diffusion
 
     options = dict(
@@ -370,28 +402,8 @@ def _cmd_train_diffusion(args) -> int:
         init_from=args.init_from,
         progress=not args.json or sys.stderr.isatty(),
     )
-    saved_file = Path(args.out) / "args.json"
-    if args.resume and saved_file.is_file():
-        # --resume continues the recorded recipe: an option left off the command line keeps the value
-        # the run recorded (e.g. --save-dtype fp16), not the parser's default; a given option wins.
-        try:
-            saved = json.loads(saved_file.read_text())
-        except ValueError as exc:
-            raise MedsynthError(f"{saved_file} is not valid JSON ({exc}); it records the run's recipe") from None
-        given = {token.split("=", 1)[0] for token in getattr(args, "argv", []) if token.startswith("--") and len(token) > 2}
-        kept = []
-        for field in fields(DiffusionRecipe):
-            name = field.name
-            if name in ("domain", "data", "out", "resume", "progress") or name not in saved or name not in options:
-                continue
-            flag = "--" + name.replace("_", "-")
-            # argparse accepts unique abbreviations (--max-step): a given prefix of this flag names it
-            if not any(flag.startswith(token) for token in given) and saved[name] != options[name]:
-                value = saved[name]
-                options[name] = tuple(value) if name == "block_out_channels" and value is not None else value
-                kept.append(f"{flag} {value}")
-        if kept and _is_main_process():
-            print(f"resuming with the recorded {', '.join(kept)} (give an option to change it)", file=sys.stderr)
+    if args.resume:
+        options = _keep_recorded_options(args, DiffusionRecipe, options)
     summary = train_diffusion(DiffusionRecipe(**options))
     if not _is_main_process():
         return 0
@@ -445,8 +457,11 @@ def _cmd_generate(args) -> int:
     from .diffusion import load_pipeline
     from .generate import generate_to_folder
 
+    from .atomic import check_writable
+
     if args.steps < 1:
         raise MedsynthError(f"--steps must be at least 1, got {args.steps}")
+    check_writable(args.out, need_mb=10, option="--out")
     pipe = load_pipeline(args.checkpoint, resolve_device(args.device))
     if args.n_per_class is not None:
         if args.cls is not None:

@@ -95,6 +95,7 @@ def build_command(
     batch_size: int | None = None,
     base_checkpoint: str | os.PathLike | None = None,
     gpus: int | None = None,
+    resume: bool = False,
 ) -> list[str]:
     """The argv of a training run, checked before anything starts.
 
@@ -102,7 +103,8 @@ def build_command(
     Options left as None keep the CLI's defaults. ``gpus`` >= 1 runs the command under
     ``accelerate launch --num_processes GPUS`` (``--multi_gpu`` from 2 on); 0 or None runs it
     directly. ``base_checkpoint`` fine-tunes from that checkpoint (``--init-from``); for diffusion,
-    a base equal to ``out`` continues that run instead (``--resume``). Every problem is a
+    a base equal to ``out`` continues that run instead (``--resume``). ``resume=True`` continues the
+    interrupted run in ``out`` (see :func:`interrupted_run`) with ``--resume``. Every problem is a
     :class:`MedsynthError` whose message says what to change.
     """
     if kind not in TRAINING_KINDS:
@@ -126,7 +128,9 @@ def build_command(
         args += ["--epochs", str(epochs)]
     if batch_size is not None:
         args += ["--batch-size", str(batch_size)]
-    if base_checkpoint is not None:
+    if resume:
+        args.append("--resume")  # the run keeps the base it recorded
+    elif base_checkpoint is not None:
         if Path(base_checkpoint).resolve() == Path(out).resolve():
             if kind != "diffusion":
                 raise MedsynthError("a classifier run cannot continue in place; choose a new output folder")
@@ -184,6 +188,47 @@ def build_tstr_command(
     if synthetic_per_class is not None:
         args += ["--synthetic-per-class", str(synthetic_per_class)]
     return _medsynth_command(args, gpus)
+
+
+def interrupted_run(kind: str, out: str | os.PathLike) -> str | None:
+    """How far the run in ``out`` got if it stopped before finishing (killed, crashed, cancelled or out of
+    time) and can be continued with ``--resume``, e.g. "stopped after epoch 3"; None otherwise.
+
+    Reads only the files the run writes: a classifier's ``state/state.json``, a diffusion run's latest
+    ``checkpoints/step_*/state.json`` beyond the steps its ``train_summary.json`` (if any) finished.
+    """
+    import json
+
+    out = Path(out)
+    try:
+        if kind == "classifier":
+            state = out / "state" / "state.json"
+            return f"stopped after epoch {json.loads(state.read_text())['epoch']}" if state.is_file() else None
+        if kind == "diffusion":
+            steps = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")
+                     if (p / "state.json").is_file()]
+            if not steps:
+                return None
+            summary = out / "train_summary.json"
+            finished = json.loads(summary.read_text()).get("steps", 0) if summary.is_file() else 0
+            return f"stopped at step {max(steps)}" if max(steps) > finished else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def describe_exit(returncode: int | None) -> str:
+    """A job's end in words: "" while running or after success, "exit code 3", or "killed by SIGKILL"."""
+    if returncode in (None, 0):
+        return ""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        why = " (out of memory, or stopped from outside the app)" if name == "SIGKILL" else ""
+        return f"killed by {name}{why}"
+    return f"exit code {returncode}"
 
 
 def default_data_root() -> Path | None:

@@ -99,6 +99,7 @@ class ClassifierRecipe:
     num_workers: int = 0
     max_minutes: float | None = None
     init_from: str | None = None  # fine-tune a medsynth classifier checkpoint instead of starting from ImageNet
+    resume: bool = False  # continue the interrupted run in ``out`` from its last finished epoch (OUT/state/)
     progress: bool = True
 
     def validate(self) -> None:
@@ -190,3 +191,30 @@ class DiffusionRecipe:
     @property
     def training_resolution(self) -> int:
         return self.resolution or UNET_PRESETS[self.preset]["resolution"]
+
+
+def keep_recorded(recipe_cls, options: dict, saved: dict, given: set[str]) -> tuple[dict, list[str]]:
+    """What ``--resume`` keeps: each option not given on the command line takes the run's recorded value.
+
+    Args:
+        recipe_cls: ``ClassifierRecipe`` or ``DiffusionRecipe``.
+        options: the recipe's fields as the command line parsed them (defaults included).
+        saved: the run's ``args.json``.
+        given: the ``--flags`` the user typed (argparse accepts a unique prefix, so a prefix names its flag).
+
+    Returns:
+        The options to resume with, and ``"--flag value"`` for each recorded value kept.
+    """
+    from dataclasses import fields
+
+    options, kept = dict(options), []
+    for field in fields(recipe_cls):
+        name = field.name
+        if name in ("domain", "data", "out", "resume", "progress") or name not in saved or name not in options:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not any(flag.startswith(token) for token in given) and saved[name] != options[name]:
+            value = saved[name]
+            options[name] = tuple(value) if isinstance(value, list) else value
+            kept.append(f"{flag} {value}")
+    return options, kept

@@ -8,6 +8,11 @@ For training on synthetic images there are three regularisers, off by default: s
 augmentation, mixup, and freezing the first stages of the pretrained backbone; and a moving
 average of the weights (``ema``), which is validated and kept in place of the live weights.
 
+After every epoch the whole training state (live and averaged weights, optimiser, schedule, random
+generators, the log and the best epoch so far) is written atomically to ``OUT/state/``; ``resume=True``
+(``--resume``) continues a run that was stopped or killed from the last finished epoch, and a finished run
+removes that folder.
+
 It runs through ``accelerate``: plain ``python -m medsynth train-classifier`` on a CPU or a GPU,
 or ``accelerate launch -m medsynth train-classifier`` on several GPUs, with no code change.
 """
@@ -17,7 +22,10 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import atomic
 from .cards import classifier_card
-from .classify import ClassifierConfig, create_classifier, default_normalization, save_checkpoint
+from .classify import WEIGHTS_NAME, ClassifierConfig, create_classifier, default_normalization, save_checkpoint
 from .data import ArrayDataset, load_resized, read_provenance, scan_dataset, stratified_split
 from .domains import get_domain
 from .errors import MedsynthError
@@ -149,12 +157,91 @@ def _source_size(recipe: ClassifierRecipe, size: int, base) -> int | None:
     return int(generated) if isinstance(generated, int) and 0 < generated < size else None
 
 
+STATE_DIR = "state"
+#: Options a resumed run may change; every other one must be what the run recorded in args.json.
+RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "num_workers", "device", "mixed_precision", "progress",
+                     "resume")
+
+
+def unfinished_epoch(out: str | os.PathLike) -> int | None:
+    """The last epoch whose training state ``out`` holds (a run that stopped before it finished), or None."""
+    state = Path(out) / STATE_DIR / "state.json"
+    if not state.is_file():
+        return None
+    try:
+        return int(json.loads(state.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_state(out: Path, recipe: ClassifierRecipe) -> dict:
+    """The saved state of an interrupted run in ``out``, checked against ``recipe``."""
+    folder = out / STATE_DIR
+    if (out / "train_summary.json").is_file() and not (folder / "state.json").is_file():  # finished, not time-stopped
+        raise MedsynthError(f"--resume: the run in {out} finished (train_summary.json); there is nothing to resume. "
+                            "Start a new run with another --out, or fine-tune it with --init-from")
+    if not (folder / "state.json").is_file():
+        raise MedsynthError(f"--resume: {out} holds no {STATE_DIR}/state.json of an interrupted run; start without "
+                            "--resume")
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        saved = json.loads((out / "args.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise MedsynthError(f"--resume: {out} has an unreadable training state ({exc}); start again with --overwrite")
+    mine = asdict(recipe)
+    for key, value in mine.items():
+        if key in RESUMABLE_CHANGES or key in ("out", "resumed_at_epochs"):
+            continue
+        if key in saved and saved[key] != value:
+            raise MedsynthError(f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}/args.json but is "
+                                f"{value!r} now; a resumed run keeps its recipe (only "
+                                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_CHANGES[:-2])} may change)")
+    state["resumed_at_epochs"] = saved.get("resumed_at_epochs", [])
+    return state
+
+
+def _write_state(out: Path, *, epoch, model, average, optimizer, scheduler, generator, log_rows, best, stale,
+                 seconds) -> None:
+    """The whole training state after ``epoch``, replacing the previous one in one rename."""
+    from safetensors.torch import save_file
+
+    def tensors(module):
+        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+    with atomic.atomic_dir(out / STATE_DIR) as tmp:
+        save_file(tensors(model), str(tmp / "model.safetensors"))
+        if average is not None:
+            save_file(tensors(average.module), str(tmp / "average.safetensors"))
+        torch.save(getattr(optimizer, "optimizer", optimizer).state_dict(), tmp / "optimizer.pt")
+        save_file({"torch": torch.get_rng_state(), "loader": generator.get_state()}, str(tmp / "rng.safetensors"))
+        if best is not None and (out / WEIGHTS_NAME).is_file():
+            try:  # the best weights so far, kept with the state they belong to (a hard link costs no space)
+                os.link(out / WEIGHTS_NAME, tmp / "best.safetensors")
+            except OSError:
+                shutil.copy2(out / WEIGHTS_NAME, tmp / "best.safetensors")
+        (tmp / "state.json").write_text(json.dumps({
+            "epoch": epoch, "log_rows": log_rows, "best": best, "stale": stale, "seconds": seconds,
+            "scheduler": getattr(scheduler, "scheduler", scheduler).state_dict(),
+            "average_updates": average.updates if average is not None else None,
+        }, indent=2) + "\n")
+
+
 def train_classifier(recipe: ClassifierRecipe) -> dict:
-    """Train, validate each epoch, keep the best weights in ``recipe.out``; returns a summary."""
+    """Train, validate each epoch, keep the best weights in ``recipe.out``; returns a summary.
+
+    Args:
+        recipe: every option of the run; ``recipe.resume`` continues an interrupted run in ``recipe.out``.
+
+    Returns:
+        The run summary also written to ``train_summary.json`` (best epoch, validation metrics, timing).
+    """
     from accelerate.utils import set_seed
+    from safetensors.torch import load_file
 
     recipe.validate()
     domain = get_domain(recipe.domain)
+    out = Path(recipe.out)
+    atomic.check_writable(out, need_mb=100, option="--out")
     base = None
     if recipe.init_from:
         from .classify import load_classifier
@@ -168,9 +255,9 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
         elif base.config.arch != recipe.arch:
             raise MedsynthError(f"--init-from {recipe.init_from} is a {base.config.arch}; pass --arch {base.config.arch}")
     recipe.arch = recipe.arch or DEFAULT_ARCH
+    resume = _read_state(out, recipe) if recipe.resume else None
     size = recipe.image_size or (base.config.input_size if base else domain.classifier_size)
     source_size = _source_size(recipe, size, base)
-    out = Path(recipe.out)
     accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
     main = accelerator.is_main_process
     show = recipe.progress and accelerator.is_local_main_process
@@ -221,6 +308,10 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     if recipe.balance == "weights":
         # w_c = N / (K * n_c): every class contributes equally to the loss.
         weights = torch.tensor(counts.sum() / (domain.num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+    if resume is not None:  # the interrupted run's weights, optimiser and schedule, before accelerate wraps them
+        model.load_state_dict(load_file(str(out / STATE_DIR / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(out / STATE_DIR / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(resume["scheduler"])
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.label_smoothing).to(accelerator.device)
     mix = torch.distributions.Beta(recipe.mixup, recipe.mixup) if recipe.mixup > 0 else None
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -232,18 +323,34 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     average = WeightAverage(unwrapped, recipe.ema) if recipe.ema > 0 else None
 
     out.mkdir(parents=True, exist_ok=True)
+    log_rows: list[dict] = []
+    best: dict | None = None
+    stale, first_epoch, resumed_at = 0, 1, []
+    if resume is not None:
+        log_rows, best, stale = resume["log_rows"], resume["best"], resume["stale"]
+        first_epoch = resume["epoch"] + 1
+        resumed_at = resume["resumed_at_epochs"] + [resume["epoch"]]
+        started -= resume["seconds"]  # wall time accumulates across resumes
+        if average is not None:
+            average.module.load_state_dict(load_file(str(out / STATE_DIR / "average.safetensors")))
+            average.updates = resume["average_updates"]
+        rng = load_file(str(out / STATE_DIR / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        generator.set_state(rng["loader"])
+        if main and (out / STATE_DIR / "best.safetensors").is_file():
+            # the weights of the recorded best epoch, even if a later epoch was saved before the run was killed
+            atomic.write_with(out / WEIGHTS_NAME, lambda tmp: shutil.copyfile(out / STATE_DIR / "best.safetensors", tmp))
+        if show:
+            tqdm.write(f"resuming {out} after epoch {resume['epoch']} (best so far: epoch {best and best['epoch']})")
     if main:
-        atomic.write_json(out / "args.json", asdict(recipe))
+        atomic.write_json(out / "args.json", {**asdict(recipe), **({"resumed_at_epochs": resumed_at} if resumed_at else {})})
         atomic.write_json(out / "split.json", {
             "train": [str(s.path) for s in train_samples],
             "val": [str(s.path) for s in val_samples],
         })
     hardware = describe(accelerator.device, accelerator.num_processes)
-    log_rows: list[dict] = []
-    best: dict | None = None
-    stale = 0
     stop_reason = "finished all epochs"
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(first_epoch, recipe.epochs + 1):
         model.train()
         for module in frozen:
             module.eval()
@@ -302,6 +409,8 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             stale += 1
         if main:
             _write_log(out / "train_log.csv", log_rows)
+            _write_state(out, epoch=epoch, model=unwrapped, average=average, optimizer=optimizer, scheduler=scheduler,
+                         generator=generator, log_rows=log_rows, best=best, stale=stale, seconds=time.time() - started)
         if recipe.patience and stale >= recipe.patience:  # same metrics on every process: same decision
             stop_reason = f"early stop: no better validation macro-F1 for {recipe.patience} epochs"
             break
@@ -314,6 +423,8 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
             break
 
     wall = time.time() - started
+    if best is None:  # resumed after the last epoch had already run: nothing left to train
+        raise MedsynthError(f"--resume: {out} has no epoch left to train (--epochs {recipe.epochs}); raise --epochs")
     summary = {
         "out": str(out),
         "best_epoch": best["epoch"],
@@ -330,10 +441,14 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     }
     if average is not None:
         summary["ema"] = {"decay": recipe.ema, "steps": average.updates, "final_decay": average.current_decay}
+    if resumed_at:
+        summary["resumed_at_epochs"] = resumed_at
     if main:
         card = classifier_card(config, recipe, summary, log_rows)
         atomic.write_text(out / "README.md", card)
         atomic.write_json(out / "train_summary.json", summary)
+        if not stop_reason.startswith("time budget"):  # a run stopped by --max-minutes can still be resumed
+            shutil.rmtree(out / STATE_DIR, ignore_errors=True)  # finished: the checkpoint is the product
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

@@ -167,6 +167,8 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     recipe.validate()
     domain = get_domain(recipe.domain)
     out = Path(recipe.out)
+    # two training states (weights, average, optimiser) and the exported pipeline, with room to spare
+    atomic.check_writable(out, need_mb={"tiny": 20, "cpu": 300}.get(recipe.preset, 1500), option="--out")
     base_unet = None
     if recipe.init_from and not recipe.resume:
         from .diffusion import load_pipeline

@@ -429,6 +429,7 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
     config.validate()
     rank, world = _hide_distribution()
     run = Path(config.out)
+    atomic.check_writable(run, need_mb=200, option="--out")
     started = time.time()
     saved = run / "config.json"
     if saved.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -300,6 +301,66 @@ def test_train_tab_runs_a_job_whose_checkpoint_appears(running_app, checkpoints,
     label, _ = client.predict(handle_file(str(EXAMPLE)), "covid_ct", "ft_ct", api_name="/classify")
     assert {c["label"] for c in label["confidences"]} == {"covid", "non_covid"}
     client.close()
+
+
+def _pids_running(needle: str) -> list[int]:
+    """Processes whose command line contains ``needle`` (read from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_training_job_is_reported_and_the_same_name_continues_it(checkpoints, data_root, tmp_path):
+    """The job's process is SIGKILLed from outside (as the out-of-memory killer would): the Train tab says
+    so and what to do, the app keeps serving, and starting the same job again resumes it."""
+    import signal
+    import time
+
+    import app as app_module
+
+    models = tmp_path / "models"
+    demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root, jobs_dir=tmp_path / "jobs",
+                                models_dir=models)
+    fns = {b.api_name: b.fn for b in demo.fns.values()}
+    out = models / "covid_ct" / "oom_ct"
+    status, _, _ = fns["train_start"]("classifier", "covid_ct", "ct", 1, 30, 4, 0, "classifier", "oom_ct")
+    assert status.startswith("**running**")
+    deadline = time.time() + 120
+    while not (out / "state" / "state.json").is_file():
+        assert time.time() < deadline and fns["train_status"]()[0].startswith("**running**"), fns["train_status"]()
+        time.sleep(0.05)
+    for pid in _pids_running(str(out)):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while (status := fns["train_status"]()[0]).startswith("**running**"):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert status.startswith("**failed**") and "killed by SIGKILL (out of memory" in status, status
+    assert "stopped after epoch" in status and "same output name (oom_ct) to continue it" in status
+    probs, _ = fns["classify"](str(EXAMPLE), "covid_ct", "real-trained")  # the app keeps serving
+    assert set(probs) == {"covid", "non_covid"}
+
+    status, _, _ = fns["train_start"]("classifier", "covid_ct", "ct", 1, 30, 4, 0, "classifier", "oom_ct")
+    assert status.startswith("**running**") and "--resume" in status
+    deadline = time.time() + 240
+    while (status := fns["train_status"]()[0]).startswith("**running**"):
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert status.startswith("**finished**"), fns["train_status"]()[1]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_at_epochs"] and summary["epochs_run"] > summary["resumed_at_epochs"][0]
+    assert (out / "train_log.csv").read_text().count("\n") == summary["epochs_run"] + 1  # every epoch once
+    assert not (out / "state").exists()
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="a model named 'oom_ct' already exists"):  # finished: not resumed again
+        fns["train_start"]("classifier", "covid_ct", "ct", 1, 30, 4, 0, "classifier", "oom_ct")
 
 
 def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, tmp_path, monkeypatch):

@@ -292,3 +292,27 @@ def test_real_diffusion_job(manager, tmp_path):
     points = manager.loss_points()
     assert points and points[-1]["x"] == 2 and points[-1]["series"] == "loss"
     assert (out / "model_index.json").exists()
+
+
+def test_interrupted_run_and_describe_exit(tmp_path):
+    import json
+    import signal
+
+    assert jobs.interrupted_run("classifier", tmp_path / "nothing") is None
+    (tmp_path / "c" / "state").mkdir(parents=True)
+    (tmp_path / "c" / "state" / "state.json").write_text(json.dumps({"epoch": 3}))
+    assert jobs.interrupted_run("classifier", tmp_path / "c") == "stopped after epoch 3"
+    run = tmp_path / "d"
+    for step in (250, 500):
+        (run / "checkpoints" / f"step_{step:07d}").mkdir(parents=True)
+        (run / "checkpoints" / f"step_{step:07d}" / "state.json").write_text("{}")
+    assert jobs.interrupted_run("diffusion", run) == "stopped at step 500"
+    (run / "train_summary.json").write_text(json.dumps({"steps": 500}))
+    assert jobs.interrupted_run("diffusion", run) is None  # finished at its last checkpoint
+    (run / "train_summary.json").write_text("{broken")
+    assert jobs.interrupted_run("diffusion", run) is None
+    assert jobs.describe_exit(None) == "" and jobs.describe_exit(0) == ""
+    assert jobs.describe_exit(3) == "exit code 3"
+    assert jobs.describe_exit(-signal.SIGKILL) == "killed by SIGKILL (out of memory, or stopped from outside the app)"
+    assert jobs.describe_exit(-signal.SIGTERM) == "killed by SIGTERM"
+    assert jobs.build_command("classifier", "covid_ct", "d", "o", resume=True)[-1] == "--resume"
