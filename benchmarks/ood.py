@@ -119,7 +119,7 @@ def scores(name: str, feats, logits, reference_feats, reference) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    from medsynth.audit import load_set
+    from medsynth.data import load_set
     from medsynth.features import ClassifierFeatures, FeatureCache, Lite0Features
     from medsynth.transforms import square_resize_uint8
 

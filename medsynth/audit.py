@@ -21,16 +21,15 @@ Outputs in ``out``: ``audit.json`` (every figure, with N, extractor and resoluti
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from . import atomic
+from .data import ImageSet, load_set
 from .errors import MedsynthError
 from .fidelity import bootstrap_mean_ci, frechet_distance, kid, prdc
 from .memorization import closest_pairs, copy_statistics, nearest, verdict
@@ -38,51 +37,6 @@ from .memorization import closest_pairs, copy_statistics, nearest, verdict
 PRDC_K = 5
 CARD_SECTION = "## Synthetic-data audit"
 PIXEL_SPACE = "pixel"
-
-
-@dataclass
-class ImageSet:
-    """Images of one folder at one resolution, with labels, source files and content hashes."""
-
-    folder: Path
-    images: np.ndarray  # uint8 (N, S, S, C)
-    labels: np.ndarray  # int (N,)
-    files: list[str]
-    hashes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: np.ndarray) -> "ImageSet":
-        index = np.asarray(index, dtype=int)
-        return ImageSet(self.folder, self.images[index], self.labels[index],
-                        [self.files[i] for i in index], [self.hashes[i] for i in index])
-
-
-def _pick(labels: np.ndarray, n_max: int | None, rng: np.random.Generator) -> np.ndarray:
-    """At most ``n_max`` indices, each class keeping its share (seeded, sorted)."""
-    if n_max is None or len(labels) <= n_max:
-        return np.arange(len(labels))
-    keep = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        n = max(1, int(round(len(members) * n_max / len(labels))))
-        keep.append(rng.choice(members, min(n, len(members)), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def load_set(folder: str | Path, classes: Sequence[str], channels: int, size: int, n_max: int | None = None,
-             seed: int = 0, require_all: bool = False) -> ImageSet:
-    """Every image of ``folder/<class>/`` (at most ``n_max``, a seeded per-class pick), square-resized to ``size``."""
-    from .data import load_resized, scan_dataset
-
-    samples = scan_dataset(folder, classes, require_all=require_all)
-    labels = np.array([s.label for s in samples], dtype=int)
-    index = _pick(labels, n_max, np.random.default_rng(seed))
-    samples = [samples[i] for i in index]
-    images = load_resized(samples, channels, size, progress=False)
-    hashes = [hashlib.sha256(s.path.read_bytes()).hexdigest() + f":{size}:{channels}" for s in samples]
-    return ImageSet(Path(folder), images, labels[index], [str(s.path) for s in samples], hashes)
 
 
 def _reference_index(train: ImageSet, synthetic: ImageSet, rng: np.random.Generator) -> np.ndarray:
@@ -135,9 +89,9 @@ def run_audit(
     Returns:
         The ``audit.json`` record (also written, with the report, CSVs and figures, into ``out``).
     """
-    from .data import read_provenance
     from .domains import get_domain
     from .features import FeatureCache, create_extractor
+    from .synthetic.provenance import read_provenance
 
     started = time.perf_counter()
     out = Path(out)
@@ -462,7 +416,7 @@ def card_section(result: dict, out: str | Path) -> str:
 
 def update_card(card_dir: str | Path, result: dict, out: str | Path) -> None:
     """Insert or replace the audit section of a checkpoint's README.md and store ``audit.json`` beside it."""
-    from .cards import replace_section
+    from .cards.render import replace_section
 
     folder = Path(card_dir)
     if not folder.is_dir():

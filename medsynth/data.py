@@ -7,6 +7,7 @@ a class is an error naming it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -18,7 +19,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
 from .errors import MedsynthError
 from .io import IMAGE_SUFFIXES, is_dicom, load_image
 from .transforms import square_resize_uint8, to_float_chw
@@ -153,18 +153,6 @@ class ArrayDataset(torch.utils.data.Dataset):
         return x, self.labels[index]
 
 
-def read_synthetic_set(folder: Path, purpose: str) -> dict:
-    """The ``generation.json`` record of a labelled synthetic folder, or a clear error: ``purpose`` says
-    what the calling command does with such sets (e.g. "merge joins labelled sets written by ...")."""
-    if not folder.is_dir():
-        raise MedsynthError(f"{folder}: no such folder")
-    record = read_provenance(folder)
-    if not record or not record.get("synthetic"):
-        raise MedsynthError(f"{folder} has no {PROVENANCE}: {purpose}, and keeps real images out of synthetic-only "
-                            "training")
-    return record
-
-
 def check_out_apart(out: Path, sources: "list[Path]", what: str) -> None:
     """Refuse an output folder that is, holds or lies inside one of ``sources``: writing it (or
     replacing it with --overwrite) would add a non-class folder to a source or delete one."""
@@ -183,61 +171,44 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-PROVENANCE = "generation.json"
+@dataclass
+class ImageSet:
+    """Images of one folder at one resolution, with labels, source files and content hashes."""
+
+    folder: Path
+    images: np.ndarray  # uint8 (N, S, S, C)
+    labels: np.ndarray  # int (N,)
+    files: list[str]
+    hashes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> "ImageSet":
+        index = np.asarray(index, dtype=int)
+        return ImageSet(self.folder, self.images[index], self.labels[index],
+                        [self.files[i] for i in index], [self.hashes[i] for i in index])
 
 
-def total_training_steps(summary: dict) -> int | None:
-    """A diffusion run's steps over its whole ``--init-from`` chain: its own plus each base's
-    (``train_summary.json`` ``base``, nested), so a continued model is not mistaken for a short run."""
-    steps = summary.get("steps")
-    if steps is None:
-        return None
-    base = summary.get("base")
-    while isinstance(base, dict):
-        steps += base.get("steps") or 0
-        base = base.get("base")
-    return steps
+def pick_per_class(labels: np.ndarray, n_max: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n_max`` indices, each class keeping its share (seeded, sorted)."""
+    if n_max is None or len(labels) <= n_max:
+        return np.arange(len(labels))
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = max(1, int(round(len(members) * n_max / len(labels))))
+        keep.append(rng.choice(members, min(n, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
 
 
-def write_provenance(out: str | Path, checkpoint: str | Path, pipe, **settings) -> dict:
-    """Record how a labelled synthetic dataset was made, as ``OUT/generation.json``.
-
-    ``train-classifier`` finds this file in its data folder, marks the model as trained on synthetic
-    images and copies the record (diffusion checkpoint, its training steps, sampler, steps, guidance,
-    seeds) onto the model card.
-    """
-    import json
-
-    ckpt = Path(checkpoint)
-    trained = None
-    summary = ckpt / "train_summary.json"
-    if summary.is_file():
-        try:
-            trained = total_training_steps(json.loads(summary.read_text()))
-        except (ValueError, OSError):
-            trained = None
-    record = {
-        "synthetic": True,
-        "diffusion_checkpoint": str(checkpoint),
-        "diffusion_domain": pipe.config.domain,
-        "diffusion_training_steps": trained,
-        "resolution": int(pipe.unet.config.sample_size),
-        "classes": list(pipe.classes),
-        **settings,
-    }
-    atomic.write_json(Path(out) / PROVENANCE, record)
-    return record
-
-
-def read_provenance(folder: str | Path) -> dict | None:
-    """The ``generation.json`` record of a synthetic dataset folder, or None for real data."""
-    import json
-
-    path = Path(folder) / PROVENANCE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except ValueError as exc:
-        raise MedsynthError(f"{path} is not valid JSON ({exc}); delete it if the folder holds real images") from None
-    return record if isinstance(record, dict) else None
+def load_set(folder: str | Path, classes: Sequence[str], channels: int, size: int, n_max: int | None = None,
+             seed: int = 0, require_all: bool = False) -> ImageSet:
+    """Every image of ``folder/<class>/`` (at most ``n_max``, a seeded per-class pick), square-resized to ``size``."""
+    samples = scan_dataset(folder, classes, require_all=require_all)
+    labels = np.array([s.label for s in samples], dtype=int)
+    index = pick_per_class(labels, n_max, np.random.default_rng(seed))
+    samples = [samples[i] for i in index]
+    images = load_resized(samples, channels, size, progress=False)
+    hashes = [hashlib.sha256(s.path.read_bytes()).hexdigest() + f":{size}:{channels}" for s in samples]
+    return ImageSet(Path(folder), images, labels[index], [str(s.path) for s in samples], hashes)

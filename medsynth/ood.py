@@ -217,7 +217,7 @@ def fit_domain(domain: str, train: str | Path, calibration: str | Path, out: str
     """
     import time
 
-    from .audit import load_set
+    from .data import load_set
     from .domains import get_domain
 
     dom = get_domain(domain)

@@ -31,9 +31,9 @@ FEATURE_NAME = "FD-Lite0 (Fréchet distance of ImageNet EfficientNet-Lite0 poole
 def class_images(folder, classes: Sequence[str], channels: int, size: int, limit: int | None, seed: int) -> dict:
     """Per class: uint8 images of ``folder/<class>/`` square-resized to ``size`` (at most ``limit``, a seeded pick).
 
-    The audit's loader (``medsynth.audit.load_set``), grouped by class.
+    The audit's loader (``medsynth.data.load_set``), grouped by class.
     """
-    from .audit import load_set
+    from .data import load_set
 
     out = {}
     rng = np.random.default_rng(seed)
@@ -164,7 +164,7 @@ def update_card(card_path, section: str) -> str:
     from pathlib import Path
 
     from . import atomic
-    from .cards import replace_section
+    from .cards.render import replace_section
 
     path = Path(card_path)
     text = replace_section(path.read_text() if path.is_file() else "", CARD_SECTION, section)

@@ -27,10 +27,8 @@ import io
 import json
 import math
 import os
-import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -241,8 +239,9 @@ def _hash(path: Path) -> str:
 
 def check_folders(config: TSTRConfig) -> dict:
     """Scan both real folders (every class required), refuse overlap in content; returns their samples."""
-    from .data import read_provenance, scan_dataset
+    from .data import scan_dataset
     from .domains import get_domain
+    from .synthetic.provenance import read_provenance
 
     domain = get_domain(config.domain)
     found = {}
@@ -311,7 +310,7 @@ def prepare_data(config: TSTRConfig, run: Path, samples: dict, synthetic: Path) 
 
 def synthetic_set(config: TSTRConfig, run: Path, log: Callable[[str], None]) -> Path:
     """The synthetic set: ``--synthetic`` as given, or drawn once from ``--diffusion`` into ``RUN/synthetic``."""
-    from .data import read_provenance, read_synthetic_set
+    from .synthetic.provenance import read_provenance, read_synthetic_set
 
     if config.synthetic:
         folder = Path(config.synthetic)
@@ -324,10 +323,10 @@ def synthetic_set(config: TSTRConfig, run: Path, log: Callable[[str], None]) -> 
     folder = run / "synthetic"
     if read_provenance(folder):
         return folder  # drawn by an earlier, interrupted run of the same command
-    from .diffusion import load_pipeline
-    from .generate import generate_to_folder
-    from .data import write_provenance
     from .classify import resolve_device
+    from .diffusion import load_pipeline
+    from .synthetic.generate import generate_to_folder
+    from .synthetic.provenance import write_provenance
 
     pipe = load_pipeline(config.diffusion, resolve_device(config.device if config.device != "auto" else None))
     if pipe.config.domain != config.domain:
@@ -356,7 +355,8 @@ def run_cell(cell: Cell, config: TSTRConfig, folders: dict[str, Path], synthetic
     """Train one cell, score it on the real test folder, write ``RUN/cells/<id>/result.json``; returns its row."""
     from .domains import get_domain
     from .evaluate import evaluate_folder
-    from .train_classifier import ClassifierRecipe, train_classifier
+    from .recipes import ClassifierRecipe
+    from .training.classifier import train_classifier
 
     domain = get_domain(config.domain)
     data = synthetic if cell.train_set == "synthetic" else folders[f"{cell.train_set}_f{cell.fraction:g}_s{cell.seed}"]
@@ -460,8 +460,8 @@ def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], Non
         paths = json.loads(ready.read_text())
         synthetic = Path(paths.pop("synthetic"))
         folders = {k: Path(v) for k, v in paths.items()}
-    from .data import read_provenance
     from .domains import get_domain
+    from .synthetic.provenance import read_provenance
 
     # the CNNs need at least 32 px: a smaller generator's images are upsampled (as are the real ones)
     image_size = int(config.image_size or max(MIN_IMAGE_SIZE, (read_provenance(synthetic) or {}).get("resolution")
@@ -528,7 +528,8 @@ def study_protocol(config: TSTRConfig, run: Path, rank: int, log: Callable[[str]
         if not done.is_file():
             import torch
 
-            from .train_diffusion import DiffusionRecipe, train_diffusion
+            from .recipes import DiffusionRecipe
+            from .training.diffusion import train_diffusion
 
             preset = config.diffusion_preset if config.diffusion_preset != "auto" else (
                 "gpu" if torch.cuda.is_available() and config.device != "cpu" else "cpu")

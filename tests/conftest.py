@@ -56,7 +56,8 @@ def blood_folder(tmp_path) -> Path:
 def trained_tiny(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny classifier trained for 4 epochs (16 steps) on generated all_blood-shaped data: (checkpoint, data)."""
     from medsynth.domains import get_domain
-    from medsynth.train_classifier import ClassifierRecipe, train_classifier
+    from medsynth.recipes import ClassifierRecipe
+    from medsynth.training.classifier import train_classifier
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_dataset(root / "data", get_domain("all_blood").classes, n_per_class=10, size=40, channels=3)

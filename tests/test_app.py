@@ -27,7 +27,8 @@ EXAMPLE = ROOT / "examples" / "covid_ct" / "covid_00012.jpg"
 def checkpoints(tmp_path_factory) -> Path:
     """Tiny covid_ct checkpoints in the layout of docs/checkpoints.md: diffusion, classifier, classifier_synthetic."""
     from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
-    from medsynth.train_classifier import ClassifierRecipe, train_classifier
+    from medsynth.recipes import ClassifierRecipe
+    from medsynth.training.classifier import train_classifier
 
     root = tmp_path_factory.mktemp("checkpoints")
     torch.manual_seed(0)

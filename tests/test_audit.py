@@ -139,7 +139,8 @@ def _last_json(capsys) -> dict:
 @pytest.fixture(scope="module")
 def classifier(folders):
     """A tiny CNN trained on the real training blobs: the classifier:CKPT extractor."""
-    from medsynth.train_classifier import ClassifierRecipe, train_classifier
+    from medsynth.recipes import ClassifierRecipe
+    from medsynth.training.classifier import train_classifier
 
     out = folders / "clf"
     train_classifier(ClassifierRecipe(domain="covid_ct", data=str(folders / "train"), val_data=str(folders / "test"),
@@ -280,7 +281,7 @@ def test_detect_arch_recognises_inception_and_dinov2_names():
 
 def test_a_rebuilt_model_card_keeps_its_audit_section():
     from medsynth.audit import CARD_SECTION
-    from medsynth.cards import _keep_measured_sections
+    from medsynth.cards.rebuild import _keep_measured_sections
 
     old = f"# card\n\nrecipe\n\n{CARD_SECTION}\n\nFD 65.4; consistent with no copying\n\n## Licence\n\nx\n"
     rebuilt = _keep_measured_sections(old, "# card\n\nnew recipe\n")

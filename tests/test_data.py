@@ -87,7 +87,7 @@ def test_load_resized_pads_to_square(tmp_path):
 
 
 def test_provenance_counts_steps_over_the_init_from_chain():
-    from medsynth.data import total_training_steps
+    from medsynth.synthetic.provenance import total_training_steps
 
     assert total_training_steps({"steps": 2000}) == 2000
     chained = {"steps": 3000, "base": {"path": "b", "steps": 2000, "base": {"path": "a", "steps": 4000}}}

@@ -13,9 +13,10 @@ from medsynth.cli import main
 from medsynth.diffusion import (
     PRESETS, SAMPLERS, ClassConditionalPipeline, create_unet, load_pipeline, make_noise_scheduler, save_pipeline,
 )
-from medsynth.cards import rebuild_card
+from medsynth.cards.rebuild import rebuild_card
 from medsynth.errors import MedsynthError
-from medsynth.train_diffusion import DiffusionRecipe, min_snr_weights, train_diffusion
+from medsynth.recipes import DiffusionRecipe
+from medsynth.training.diffusion import min_snr_weights, train_diffusion
 
 from conftest import make_dataset
 
@@ -368,7 +369,7 @@ def test_fine_tune_from_a_diffusion_checkpoint(tmp_path, pipe, ct_data):
                                       preset="cpu", max_steps=1))
     assert summary["resolution"] == 16  # the base's, not the cpu preset's 64
     tuned = load_pipeline(tmp_path / "run")
-    from medsynth.data import write_provenance
+    from medsynth.synthetic.provenance import write_provenance
 
     # a set drawn from the continued model counts the base's steps too: 5 + 1, not the continuation's 1
     assert write_provenance(tmp_path / "ds", tmp_path / "run", tuned)["diffusion_training_steps"] == 6
@@ -413,7 +414,7 @@ def test_sampling_starts_at_start_log_snr_from_the_class_mean(sampler):
 
 
 def test_training_records_class_means(tmp_path, ct_data):
-    from medsynth.train_diffusion import class_means
+    from medsynth.training.diffusion import class_means
 
     images = np.zeros((4, 2, 2, 1), np.uint8)
     images[2:] = 255
@@ -502,7 +503,7 @@ def test_sampling_from_the_start_prior(tmp_path, ct_data, capsys):
                  "--out", str(out), "--json"]) == 0
     capsys.readouterr()
     assert json.loads((out / "generation.json").read_text())["start_from"] == "prior"
-    from medsynth.cards import _synthetic_note
+    from medsynth.cards.render import _synthetic_note
 
     assert "`--start-from prior`" in _synthetic_note(json.loads((out / "generation.json").read_text()))
 

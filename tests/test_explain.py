@@ -32,7 +32,8 @@ def square_scan(rng, with_square: bool, corner: tuple[int, int] | None = None):
 
 @pytest.fixture(scope="module")
 def square_classifier(tmp_path_factory):
-    from medsynth.train_classifier import ClassifierRecipe, train_classifier
+    from medsynth.recipes import ClassifierRecipe
+    from medsynth.training.classifier import train_classifier
 
     root = tmp_path_factory.mktemp("squares")
     rng = np.random.default_rng(0)

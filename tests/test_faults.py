@@ -126,7 +126,7 @@ def test_sigkill_during_train_classifier_then_resume_loses_at_most_one_epoch(tmp
 
     from conftest import make_dataset
     from medsynth.classify import load_classifier
-    from medsynth.train_classifier import unfinished_epoch
+    from medsynth.training.classifier import unfinished_epoch
 
     data = make_dataset(tmp_path / "ct", ["covid", "non_covid"], n_per_class=8, size=36, channels=1)
     epochs = 12

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from medsynth.cards import _synthetic_note
+from medsynth.cards.render import _synthetic_note
 from medsynth.cli import main
-from medsynth.match import extra_copies
+from medsynth.synthetic.match import extra_copies
 
 from conftest import make_dataset
 

@@ -13,7 +13,8 @@ import torch
 from medsynth.cli import main
 from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
 from medsynth.domains import get_domain
-from medsynth.train_classifier import ClassifierRecipe, train_classifier
+from medsynth.recipes import ClassifierRecipe
+from medsynth.training.classifier import train_classifier
 
 from conftest import TINY_ARCH, make_dataset
 
@@ -66,7 +67,7 @@ def test_synthetic_trained_classifier_card_says_so(synthetic, capsys):
 
 
 def test_card_describes_a_set_merged_from_several_generate_runs():
-    from medsynth.cards import _synthetic_note
+    from medsynth.cards.render import _synthetic_note
 
     one = {"n_per_class": 500, "sampler": "dpmpp_sde", "steps": 20, "guidance": 2.0, "seed": 0}
     two = {**one, "guidance": 1.5}
@@ -130,7 +131,8 @@ def test_frechet_distance_with_fewer_images_than_dimensions_is_quiet():
 
 
 def test_card_rebuild_keeps_quality_and_reports_lineage(tmp_path, capsys):
-    from medsynth.train_diffusion import DiffusionRecipe, train_diffusion
+    from medsynth.recipes import DiffusionRecipe
+    from medsynth.training.diffusion import train_diffusion
 
     data = make_dataset(tmp_path / "ct", CT, n_per_class=4, size=24, channels=1)
     common = dict(domain="covid_ct", data=str(data), preset="tiny", resolution=16, batch_size=4, warmup_steps=1,
@@ -334,7 +336,7 @@ def test_curate_keeps_what_a_real_trained_cnn_assigns_to_the_generated_class(cur
     third = json.loads((tmp_path / "ccc" / "generation.json").read_text())["curation"]
     assert third["source"] == str(tmp_path / "cc") and third["earlier"]["source"] == str(tmp_path / "c")
     assert third["earlier"]["earlier"] == cur and third["offered"] == third["kept"] == cur["kept"]
-    from medsynth.cards import _synthetic_note
+    from medsynth.cards.render import _synthetic_note
     note = _synthetic_note(json.loads((tmp_path / "ccc" / "generation.json").read_text()))
     assert note.count("kept the images that") == 3 and note.count("before that, an earlier pass") == 2
     other = tmp_path / "other"

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from medsynth.errors import MedsynthError
-from medsynth.train_classifier import ClassifierRecipe, train_classifier, warmup_cosine
+from medsynth.recipes import ClassifierRecipe
+from medsynth.training.classifier import train_classifier
+from medsynth.training.schedule import warmup_cosine
 
 from conftest import TINY_ARCH, make_dataset
 
@@ -90,7 +92,7 @@ def test_freeze_stages_keeps_the_stem_and_early_stages_and_their_statistics(tmp_
     from safetensors.torch import load_file
 
     from medsynth.classify import create_classifier
-    from medsynth.train_classifier import freeze_stages
+    from medsynth.training.classifier import freeze_stages
 
     data = make_dataset(tmp_path / "d", ["covid", "non_covid"], n_per_class=6, channels=1)
     torch.manual_seed(0)
@@ -117,7 +119,7 @@ def test_mixup_and_strong_augmentation_train_and_are_recorded(tmp_path):
 
 
 def test_weight_average_follows_the_live_weights_and_statistics():
-    from medsynth.train_classifier import WeightAverage
+    from medsynth.training.classifier import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     average = WeightAverage(model, decay=0.5)

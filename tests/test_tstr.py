@@ -141,7 +141,7 @@ def test_no_test_image_is_ever_trained_on_or_selects_an_epoch(finished_run, fold
 
 def test_rerun_skips_finished_cells(finished_run, folders, weights, capsys, monkeypatch):
     out, first = finished_run
-    import medsynth.train_classifier as tc
+    import medsynth.training.classifier as tc
 
     monkeypatch.setattr(tc, "train_classifier", lambda recipe: pytest.fail("a finished cell was trained again"))
     assert main(_args(folders, out, "--fractions", "1.0,0.5", "--seeds", "0,1", "--min-steps", "3",

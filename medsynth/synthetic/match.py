@@ -25,10 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import atomic
-from .data import PROVENANCE, check_out_apart, link_or_copy, load_resized, read_provenance, read_synthetic_set, scan_dataset
-from .domains import get_domain
-from .errors import MedsynthError
+from .. import atomic
+from ..data import check_out_apart, link_or_copy, load_resized, scan_dataset
+from ..domains import get_domain
+from ..errors import MedsynthError
+from .provenance import PROVENANCE, read_provenance, read_synthetic_set, write_record
 
 FEATURES = "ImageNet EfficientNet-Lite0 pooled features at 224 px (the FD-Lite0 extractor), cosine similarity"
 
@@ -98,7 +99,7 @@ def match_set(
         raise MedsynthError(f"--real {real} has no images of class {', '.join(missing)}; every class of the set needs "
                             "real images to match (one sub-folder per class, named as in the set)")
     if features is None:
-        from .quality import Lite0Features
+        from ..quality import Lite0Features
 
         features = Lite0Features()
     f_syn = _normalised(np.asarray(features(load_resized(synthetic, channels, resolution, progress=False)), dtype=np.float64))
@@ -149,5 +150,5 @@ def match_set(
             writer = csv.writer(fh)
             writer.writerow(fields)
             writer.writerows(rows)
-        atomic.write_json(tmp / PROVENANCE, matched)
+        write_record(tmp, matched)
     return matched

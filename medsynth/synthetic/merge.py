@@ -16,9 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from . import atomic
-from .data import PROVENANCE, check_out_apart, link_or_copy, read_synthetic_set, scan_dataset
-from .errors import MedsynthError
+from .. import atomic
+from ..data import check_out_apart, link_or_copy, scan_dataset
+from ..errors import MedsynthError
+from .provenance import read_synthetic_set, write_record
 
 # What a part keeps of its set's record: how it was drawn. Domain, classes and resolution are common.
 _PART_KEYS = ("diffusion_checkpoint", "diffusion_training_steps", "n_per_class", "sampler", "steps", "guidance",
@@ -149,5 +150,5 @@ def merge_sets(sets: Sequence[str | os.PathLike], out: str | os.PathLike, note: 
             writer = csv.writer(fh)
             writer.writerow(["file", "class", "seed", "part"])
             writer.writerows(rows)
-        atomic.write_json(tmp / PROVENANCE, merged)
+        write_record(tmp, merged)
     return merged

@@ -25,10 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import atomic
-from .data import PROVENANCE, check_out_apart, link_or_copy, read_synthetic_set, scan_dataset
-from .errors import MedsynthError
-from .io import load_image
+from .. import atomic
+from ..data import check_out_apart, link_or_copy, scan_dataset
+from ..errors import MedsynthError
+from ..io import load_image
+from .provenance import read_synthetic_set, write_record
 
 
 def _classifier_origin(checkpoint: Path) -> dict:
@@ -68,7 +69,7 @@ def curate_set(
     systems) under the same names, a ``labels.csv`` with each kept image's probability, and the
     record; it appears whole or not at all. ``progress(done, total)`` is called after each batch.
     """
-    from .classify import load_classifier
+    from ..classify import load_classifier
 
     if not 0.0 <= min_prob < 1.0:
         raise MedsynthError(f"--min-prob must be in [0, 1) (0 = keep whatever the classifier ranks first), got {min_prob}")
@@ -169,5 +170,5 @@ def curate_set(
             writer = csv.writer(fh)
             writer.writerow(fields + ["prob"])
             writer.writerows(rows)
-        atomic.write_json(tmp / PROVENANCE, curated)
+        write_record(tmp, curated)
     return curated

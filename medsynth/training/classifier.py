@@ -23,7 +23,6 @@ import copy
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import time
@@ -34,28 +33,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
-from .cards import classifier_card
-from .classify import WEIGHTS_NAME, ClassifierConfig, create_classifier, default_normalization, save_checkpoint
-from .data import ArrayDataset, load_resized, read_provenance, scan_dataset, stratified_split
-from .domains import get_domain
-from .errors import MedsynthError
-from .hardware import describe, make_accelerator
-from .metrics import classification_metrics
-from .recipes import DEFAULT_ARCH, ClassifierRecipe  # noqa: F401 (re-exported)
-from .transforms import Normalize, build_augmentation
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """lr multiplier: linear 0 -> 1 over warm-up, then cosine 1 -> 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+from .. import atomic
+from ..cards.render import classifier_card
+from ..classify import WEIGHTS_NAME, ClassifierConfig, create_classifier, default_normalization, save_checkpoint
+from ..data import ArrayDataset, load_resized, scan_dataset, stratified_split
+from ..domains import get_domain
+from ..errors import MedsynthError
+from ..hardware import describe, make_accelerator
+from ..metrics import classification_metrics
+from ..recipes import DEFAULT_ARCH, ClassifierRecipe
+from ..synthetic.provenance import read_provenance
+from ..transforms import Normalize, build_augmentation
+from .schedule import warmup_cosine
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -244,7 +233,7 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     atomic.check_writable(out, need_mb=100, option="--out")
     base = None
     if recipe.init_from:
-        from .classify import load_classifier
+        from ..classify import load_classifier
 
         base = load_classifier(recipe.init_from)
         if base.classes != list(domain.classes) or base.config.channels != domain.channels:

@@ -30,19 +30,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
-from .cards import base_run
-from .data import ArrayDataset, load_resized, scan_dataset, stratified_split
-from .diffusion import (
-    PRESETS, PRIOR_GRID, ClassConditionalPipeline, coarse_prior, create_unet, make_noise_scheduler, save_pipeline,
+from .. import atomic
+from ..cards.render import base_run
+from ..data import ArrayDataset, load_resized, scan_dataset, stratified_split
+from ..diffusion import (
+    PRIOR_GRID,
+    ClassConditionalPipeline,
+    coarse_prior,
+    create_unet,
+    make_noise_scheduler,
+    save_pipeline,
     save_prior,
 )
-from .domains import get_domain
-from .errors import MedsynthError
-from .hardware import describe, make_accelerator
-from .recipes import DiffusionRecipe  # noqa: F401 (re-exported)
-from .train_classifier import warmup_cosine
-from .transforms import RandomRot90, ToSymmetric
+from ..domains import get_domain
+from ..errors import MedsynthError
+from ..hardware import describe, make_accelerator
+from ..recipes import DiffusionRecipe
+from ..transforms import RandomRot90, ToSymmetric
+from .schedule import warmup_cosine
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -171,7 +176,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     atomic.check_writable(out, need_mb={"tiny": 20, "cpu": 300}.get(recipe.preset, 1500), option="--out")
     base_unet = None
     if recipe.init_from and not recipe.resume:
-        from .diffusion import load_pipeline
+        from ..diffusion import load_pipeline
 
         base = load_pipeline(recipe.init_from)
         if base.classes != list(domain.classes) or base.unet.config.in_channels != domain.channels:
@@ -295,7 +300,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
         save_png(grid, out / "samples" / f"step_{step:07d}.png")
         save_png(grid, out / "sample_grid.png")
         _write_loss_csv(out / "loss.csv", log_rows)
-        from .cards import diffusion_card
+        from ..cards.render import diffusion_card
 
         atomic.write_text(out / "README.md", diffusion_card(domain, recipe, {
             "step": step, "seconds": time.time() - started, "hardware": hardware, "n_train": len(train_samples),

@@ -1,0 +1,194 @@
+"""Using trained models: evaluate, classify, explain, ood-fit, domains."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..domains import DOMAINS
+from ..errors import MedsynthError
+from .common import positive_int
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a classifier checkpoint on a labelled folder",
+        description="Classify every image under DATA/<class>/ and report accuracy, macro-F1, per-class "
+        "precision/recall/F1/support and the confusion matrix. Class names and order come from the checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class; other files are ignored")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with all metrics")
+    p.add_argument("--plot", default=None, metavar="PATH", help="also write a confusion-matrix PNG here")
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="images per forward pass; 16 is fastest on small CPUs, raise it on a GPU (default %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.add_argument("--card", action="store_true",
+                   help="also write the result into the checkpoint's model card (an 'Evaluation' section per "
+                   "data folder) and evaluation.json")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from ..evaluate import evaluate_folder
+    from ..metrics import plot_confusion_matrix
+
+    result = evaluate_folder(args.checkpoint, args.data, args.batch_size, args.device, progress=not args.json)
+    if args.card:
+        from ..cards.render import add_evaluation
+
+        add_evaluation(args.checkpoint, args.data, result)
+    if args.plot:
+        plot_confusion_matrix(result["confusion_matrix"], result["classes"], args.plot,
+                              f"{result['domain']}: accuracy {result['accuracy']:.3f}, n={result['n']}")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['domain']}: n={result['n']}  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}"
+          f"  ({result['seconds']:.1f} s)")
+    width = max(len(c) for c in result["classes"])
+    print(f"{'class':<{width}}  precision  recall      f1  support")
+    for name, m in result["per_class"].items():
+        print(f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for name, row in zip(result["classes"], result["confusion_matrix"]):
+        print(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="class probabilities for image files",
+                       description="Print the top class and every class probability for each IMAGE.")
+    p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, WebP or DICOM files")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with all results")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.set_defaults(func=_cmd_classify)
+
+
+def _cmd_classify(args) -> int:
+    from ..classify import load_classifier
+    from ..evaluate import classify_files
+
+    started = time.time()
+    clf = load_classifier(args.checkpoint, args.device)
+    results = classify_files(clf, args.images, checkpoint=args.checkpoint)
+    if args.json:
+        print(json.dumps({"domain": clf.config.domain, "classes": clf.classes, "results": results,
+                          "seconds": round(time.time() - started, 3)}))
+        return 0
+    for r in results:
+        probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
+        flag = "" if r["in_domain"] is not False else "   OUT OF DOMAIN: " + r["out_of_domain"]["note"]
+        print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]{flag}")
+    return 0
+
+
+def _add_explain(sub) -> None:
+    from ..recipes import LIME_DEFAULTS, METHODS
+
+    p = sub.add_parser(
+        "explain",
+        help="LIME or Grad-CAM overlay showing what a classifier looks at",
+        description="Explain a classifier's prediction for IMAGE and write the overlay PNG. LIME shows the "
+        "superpixels that support (green) or oppose (red) the class; Grad-CAM a heat map with a colour bar.",
+    )
+    p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
+    p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, WebP or DICOM file")
+    p.add_argument("--method", choices=list(METHODS), default="lime", help="(default %(default)s)")
+    p.add_argument("--out", required=True, help="overlay PNG to write")
+    p.add_argument("--target", default=None, help="class to explain (default: the predicted class)")
+    p.add_argument("--num-samples", type=int, default=LIME_DEFAULTS["num_samples"],
+                   help="LIME: perturbed images (default %(default)s)")
+    p.add_argument("--num-features", type=int, default=LIME_DEFAULTS["num_features"],
+                   help="LIME: superpixels shown (default %(default)s)")
+    p.add_argument("--n-segments", type=int, default=LIME_DEFAULTS["n_segments"],
+                   help="LIME: SLIC superpixels (default %(default)s)")
+    p.add_argument("--negative", action="store_true", help="LIME: also show regions that oppose the class")
+    p.add_argument("--hide-color", type=float, default=None,
+                   help="LIME: grey value (0-255) for hidden superpixels (default: each superpixel's mean)")
+    p.add_argument("--seed", type=int, default=0, help="LIME: perturbation seed (default %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object (class, probabilities, seconds, out)")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args) -> int:
+    from ..classify import load_classifier
+    from ..explain import explain, save_overlay
+    from ..io import load_image
+
+    clf = load_classifier(args.checkpoint, args.device)
+    image = load_image(args.image, clf.config.channels)
+    exp = explain(image, clf, args.method, args.target, num_samples=args.num_samples, num_features=args.num_features,
+                  n_segments=args.n_segments, positive_only=not args.negative, hide_color=args.hide_color,
+                  seed=args.seed)
+    save_overlay(exp, args.out)
+    if args.json:
+        print(json.dumps({"file": args.image, **exp.summary(), "out": args.out}))
+    else:
+        print(f"{args.image}: {exp.target_class} ({exp.probability:.3f}); {args.method} overlay written to "
+              f"{args.out} in {exp.seconds:.1f} s")
+    return 0
+
+
+def _add_ood_fit(sub) -> None:
+    p = sub.add_parser(
+        "ood-fit", help="fit the out-of-domain guard of a domain on real images",
+        description="Describe a domain's real training images in ImageNet Lite0 features (at 64 px, the domains' "
+        "training resolution) and set the out-of-domain threshold at the --quantile of held-out real images' "
+        "scores. Writes OUT/ood.safetensors: in checkpoints/<domain> it guards every classifier of the domain "
+        "(classify, the app and the API flag inputs that do not look like the domain's images).")
+    p.add_argument("--domain", required=True, choices=sorted(DOMAINS))
+    p.add_argument("--train", required=True, help="real training images, one sub-folder per class")
+    p.add_argument("--calibration", required=True, help="real held-out images of the domain (not in --train)")
+    p.add_argument("--out", required=True, help="folder for ood.safetensors, e.g. checkpoints/<domain>")
+    p.add_argument("--components", type=int, default=64, help="principal axes kept (default %(default)s)")
+    p.add_argument("--quantile", type=float, default=0.99,
+                   help="share of held-out real images that pass (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="last line of stdout: the record as one JSON object")
+    p.set_defaults(func=_cmd_ood_fit)
+
+
+def _cmd_ood_fit(args) -> int:
+    from ..ood import fit_domain
+
+    if args.components < 1:
+        raise MedsynthError(f"--components must be at least 1, got {args.components}")
+    record = fit_domain(args.domain, args.train, args.calibration, args.out, args.components, args.quantile)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"wrote {record['path']}: threshold {record['threshold']:.1f} ({record['quantile']:.0%} of "
+              f"{record['n_calibration']} held-out images pass; {record['n_train']} training images) "
+              f"in {record['seconds']} s")
+    return 0
+
+
+def _add_domains(sub) -> None:
+    p = sub.add_parser("domains", help="list the known domains and their classes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_domains)
+
+
+def _cmd_domains(args) -> int:
+    if args.json:
+        print(json.dumps({k: {"title": d.title, "classes": list(d.classes), "channels": d.channels,
+                              "classifier_size": d.classifier_size, "diffusion_size": d.diffusion_size}
+                          for k, d in DOMAINS.items()}))
+        return 0
+    for key, d in DOMAINS.items():
+        print(f"{key:<10} {d.title} ({d.channels} channel{'s' if d.channels > 1 else ''}): {', '.join(d.classes)}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add this group's commands to the ``medsynth`` sub-command parser."""
+    _add_evaluate(sub)
+    _add_classify(sub)
+    _add_explain(sub)
+    _add_ood_fit(sub)
+    _add_domains(sub)
