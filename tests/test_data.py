@@ -86,12 +86,3 @@ def test_load_resized_pads_to_square(tmp_path):
     assert out.min() == 200
 
 
-def test_provenance_counts_steps_over_the_init_from_chain():
-    from medsynth.synthetic.provenance import total_training_steps
-
-    assert total_training_steps({"steps": 2000}) == 2000
-    chained = {"steps": 3000, "base": {"path": "b", "steps": 2000, "base": {"path": "a", "steps": 4000}}}
-    assert total_training_steps(chained) == 9000
-    # a base whose own summary was unreadable records only its path: its steps count as unknown (0)
-    assert total_training_steps({"steps": 500, "base": {"path": "gone"}}) == 500
-    assert total_training_steps({}) is None

@@ -95,3 +95,17 @@ def test_no_private_name_is_imported_from_another_module():
                 for name, path in modules.items() for target, imported, line in _imports(name, path, modules)
                 if imported.startswith("_") and not imported.startswith("__") and target != name]
     assert not crossing, "\n".join(crossing)
+
+
+#: Test files that follow a concern across the package rather than one module.
+CROSS_CUTTING = {"app": "app.py and its API", "bad_input": "every entry point against one corpus of odd files",
+                 "faults": "damaged checkpoints, killed runs, unwritable outputs", "security": "nothing unsafe gets in",
+                 "shipped": "the checkpoints under checkpoints/", "layout": "this file"}
+
+
+def test_test_files_mirror_the_package():
+    """tests/test_<module>.py for a module, tests/test_<subpackage>[_<module>].py inside a subpackage."""
+    names = {m.replace(".", "_") for m in _modules()} | {m.split(".")[0] for m in _modules()}
+    tests = {p.stem[len("test_"):] for p in Path(__file__).parent.glob("test_*.py")}
+    stray = sorted(t for t in tests if t not in names and t not in CROSS_CUTTING)
+    assert not stray, f"test files that name no module or subpackage: {stray}"

@@ -1,4 +1,4 @@
-"""The classifier training recipe: schedule, options, stopping rules."""
+"""Training a CNN classifier (medsynth.training.classifier): schedule, options, stopping rules, regularisers."""
 
 from __future__ import annotations
 
