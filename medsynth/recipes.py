@@ -218,3 +218,26 @@ def keep_recorded(recipe_cls, options: dict, saved: dict, given: set[str]) -> tu
             options[name] = tuple(value) if isinstance(value, list) else value
             kept.append(f"{flag} {value}")
     return options, kept
+
+
+#: Recipe fields with no command-line option (set in code, or fixed): they keep their defaults on the CLI.
+NOT_ON_THE_COMMAND_LINE = {"ClassifierRecipe": ("pretrained", "progress"),  # --no-pretrained sets pretrained
+                           "DiffusionRecipe": ("grad_clip", "keep_checkpoints", "progress")}
+
+
+def recipe_options(recipe_cls, args, **overrides) -> dict:
+    """A recipe's fields from parsed command-line options of the same names (``--batch-size`` is
+    ``batch_size``), so each option is written twice (field, option), not three times.
+
+    Args:
+        recipe_cls: ``ClassifierRecipe`` or ``DiffusionRecipe``.
+        args: the ``argparse`` namespace.
+        **overrides: fields whose option has another form (``pretrained=not args.no_pretrained``).
+
+    Returns:
+        Keyword arguments for ``recipe_cls``.
+    """
+    from dataclasses import fields
+
+    options = {f.name: getattr(args, f.name) for f in fields(recipe_cls) if hasattr(args, f.name)}
+    return options | overrides

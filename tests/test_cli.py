@@ -206,3 +206,22 @@ def test_help_and_argument_errors_import_no_heavy_library():
         out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
         last = out.stdout.strip().splitlines()[-1]
         assert last.startswith("HEAVY [] EXIT"), (argv, last, out.stderr[-500:])
+
+
+@pytest.mark.parametrize("command,recipe", [("train-classifier", "ClassifierRecipe"), ("train-diffusion", "DiffusionRecipe")])
+def test_every_recipe_field_is_one_option_and_every_option_a_field(command, recipe):
+    """The training commands build their recipe from options named as its fields (recipes.recipe_options): a
+    field without an option, or an option the recipe never receives, fails here."""
+    import argparse
+    from dataclasses import fields
+
+    from medsynth import recipes
+    from medsynth.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices[command]._actions} - {"help"}
+    cli_only = {"json", "overwrite", "no_pretrained"}  # output form and folder handling, not the recipe
+    names = {f.name for f in fields(getattr(recipes, recipe))}
+    assert dests - cli_only <= names, f"options the recipe never receives: {sorted(dests - cli_only - names)}"
+    missing = names - dests - set(recipes.NOT_ON_THE_COMMAND_LINE[recipe])
+    assert not missing, f"recipe fields with no option: {sorted(missing)}"

@@ -83,7 +83,7 @@ def _cmd_train_classifier(args) -> int:
     import shutil
 
     from ..classify import WEIGHTS_NAME
-    from ..recipes import ClassifierRecipe
+    from ..recipes import ClassifierRecipe, recipe_options
     from ..training.classifier import STATE_DIR, train_classifier, unfinished_epoch
 
     out = Path(args.out)
@@ -101,16 +101,8 @@ def _cmd_train_classifier(args) -> int:
         for name in (WEIGHTS_NAME, "config.json", "README.md", "train_summary.json", "train_log.csv"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    options = dict(
-        domain=args.domain, data=args.data, out=args.out, arch=args.arch, pretrained=not args.no_pretrained,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, balance=args.balance,
-        augment=args.augment, mixup=args.mixup, freeze_stages=args.freeze_stages, ema=args.ema,
-        image_size=args.image_size, source_size=args.source_size, val_fraction=args.val_fraction, val_data=args.val_data,
-        patience=args.patience, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
-        num_workers=args.num_workers, max_minutes=args.max_minutes, init_from=args.init_from,
-        resume=args.resume, progress=not args.json or sys.stderr.isatty(),
-    )
+    options = recipe_options(ClassifierRecipe, args, pretrained=not args.no_pretrained,
+                             progress=not args.json or sys.stderr.isatty())
     if args.resume:
         options = keep_recorded_options(args, ClassifierRecipe, options)
     summary = train_classifier(ClassifierRecipe(**options))
@@ -184,21 +176,10 @@ def _add_train_diffusion(sub) -> None:
 
 
 def _cmd_train_diffusion(args) -> int:
-    from ..recipes import DiffusionRecipe
+    from ..recipes import DiffusionRecipe, recipe_options
     from ..training.diffusion import train_diffusion
 
-    options = dict(
-        domain=args.domain, data=args.data, out=args.out, preset=args.preset, resolution=args.resolution,
-        block_out_channels=args.block_out_channels, layers_per_block=args.layers_per_block,
-        prediction_type=args.prediction_type, snr_gamma=args.snr_gamma, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
-        max_minutes=args.max_minutes, class_dropout=args.class_dropout, ema_decay=args.ema_decay,
-        val_fraction=args.val_fraction, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
-        num_workers=args.num_workers, log_every=args.log_every, sample_every=args.sample_every,
-        checkpoint_every=args.checkpoint_every, save_dtype=args.save_dtype, resume=args.resume,
-        init_from=args.init_from,
-        progress=not args.json or sys.stderr.isatty(),
-    )
+    options = recipe_options(DiffusionRecipe, args, progress=not args.json or sys.stderr.isatty())
     if args.resume:
         options = keep_recorded_options(args, DiffusionRecipe, options)
     summary = train_diffusion(DiffusionRecipe(**options))
