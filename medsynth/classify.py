@@ -254,11 +254,16 @@ class Classifier:
         return self.normalize(batch.to(self.device))
 
     def predict_proba(self, images: Any, batch_size: int = 16) -> np.ndarray:
-        """Class probabilities, float32 (N, num_classes), columns in ``self.classes`` order.
+        """Class probabilities of images of any size (made square by edge padding, then resized).
 
-        ``images``: a list of PIL images / HWC or HW arrays (uint8, or float in [0, 1]), a 4-D
-        array (N, H, W, C), or a single image (2-D/3-D array or PIL image), which gives N = 1.
-        Batches of 16 run about twice as fast as 64 on a 2-core CPU (cache-bound); raise it on a GPU.
+        Args:
+            images: a list of PIL images / HWC or HW arrays (uint8, or float in [0, 1]), a 4-D array
+                (N, H, W, C), or a single image (2-D/3-D array or PIL image), which gives N = 1.
+            batch_size: images per forward pass; 16 runs about twice as fast as 64 on a 2-core CPU
+                (cache-bound); raise it on a GPU.
+
+        Returns:
+            float32 (N, num_classes), columns in ``self.classes`` order, rows summing to 1.
         """
         if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
@@ -354,4 +359,16 @@ def save_checkpoint(
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Load a classifier checkpoint folder (``config.json`` + ``model.safetensors``; never unpickles).
+
+    Args:
+        path: the checkpoint folder, e.g. ``checkpoints/brain_mri/classifier``.
+        device: where the model runs ("cpu", "cuda", or a ``torch.device``).
+
+    Returns:
+        The :class:`Classifier`; ``predict_proba`` is its prediction contract.
+
+    Raises:
+        MedsynthError: naming the file that is missing, truncated, a pickle, or of another domain.
+    """
     return Classifier.load(path, device)

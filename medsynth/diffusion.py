@@ -325,7 +325,19 @@ def _quiet_diffusers() -> None:
 
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ClassConditionalPipeline:
-    """Load a saved pipeline folder in float32 (fp16 storage is cast up); never uses the network."""
+    """Load a diffusion checkpoint folder in float32 (fp16 storage is cast up); never uses the network.
+
+    Args:
+        path: the folder (``model_index.json``, ``unet/``, ``scheduler/``), e.g. ``checkpoints/brain_mri/diffusion``.
+        device: where sampling runs.
+
+    Returns:
+        The :class:`ClassConditionalPipeline`: ``pipe(["glioma"], num_inference_steps=20, ...)`` returns
+        uint8 images (N, S, S, C).
+
+    Raises:
+        MedsynthError: for a folder that is not a diffusion checkpoint, or damaged weights (naming the file).
+    """
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise MedsynthError(

@@ -81,11 +81,25 @@ def explain(
     progress: Callable[[float], None] | None = None,
     render: bool = True,
 ) -> Explanation:
-    """Explain ``classifier``'s prediction for ``image`` (target: class name/index, default: the top class).
+    """Explain ``classifier``'s prediction for ``image`` with LIME or Grad-CAM.
 
-    LIME options: ``num_samples`` perturbed images, ``num_features`` superpixels shown,
-    ``n_segments`` SLIC superpixels, ``positive_only`` (else opposing regions too), ``hide_color``
-    (None: each superpixel's mean colour; or a 0..255 grey value), ``seed``.
+    Args:
+        image: a PIL image or HWC/HW array, as ``Classifier.predict_proba`` takes.
+        classifier: the model to explain.
+        method: "lime" (superpixels for and against the class) or "gradcam" (a heat map).
+        target: the class to explain, by name or index (default: the predicted class).
+        num_samples, num_features, n_segments: LIME's perturbed images, superpixels shown, SLIC superpixels.
+        positive_only: LIME shows only the regions that support the class (else opposing ones too).
+        hide_color: LIME's fill for hidden superpixels (None: each superpixel's mean; or a 0..255 grey).
+        seed: LIME's perturbation seed (the same seed gives the same explanation).
+        batch_size: images per forward pass while LIME scores its perturbations.
+        progress: called with the fraction done (0..1) while LIME runs.
+        render: also draw the overlay (``False`` for benchmarks that need only the weights).
+
+    Returns:
+        An :class:`Explanation`: ``overlay`` (uint8 RGB), ``heatmap`` (Grad-CAM) or ``mask`` and
+        ``weights`` (LIME), ``target_class``, ``probability`` (the number ``predict_proba`` gives) and
+        ``seconds``.
     """
     if method not in METHODS:
         raise MedsynthError(f"unknown explanation method {method!r}; expected one of: {', '.join(METHODS)}")

@@ -423,7 +423,17 @@ def _hide_distribution() -> tuple[int, int]:
 
 
 def run_tstr(config: TSTRConfig, progress: bool = True, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Run (or resume) the whole experiment; returns the summary also written as ``RUN/summary.json``."""
+    """Run (or resume) the whole experiment: every (arch, training set, fraction, seed) cell not yet finished.
+
+    Args:
+        config: the experiment's settings (``medsynth tstr``'s options); ``config.out`` is the run folder.
+        progress: show progress bars over cells and within each.
+        log: called with one line per step (drawing the set, each cell, the report).
+
+    Returns:
+        The summary also written as ``RUN/summary.json`` (mean and standard error per arch, training set
+        and fraction; the synthetic/real accuracy ratio), beside ``results.csv`` and ``report.md``.
+    """
     from tqdm.auto import tqdm
 
     config.validate()
