@@ -67,3 +67,45 @@ def trained_tiny(tmp_path_factory) -> tuple[Path, Path]:
         batch_size=8, lr=1e-2, image_size=32, val_fraction=0.2, patience=0, device="cpu", progress=False,
     ))
     return out, data
+
+
+CT = ["covid", "non_covid"]  # covid_ct's classes
+
+
+@pytest.fixture
+def pipe():
+    """A tiny untrained covid_ct pipeline (16 px), seeded."""
+    from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler
+
+    torch.manual_seed(0)
+    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
+    return ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct", classes=CT)
+
+
+@pytest.fixture
+def ct_data(tmp_path):
+    return make_dataset(tmp_path / "ct", CT, n_per_class=5, size=24, channels=1)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A saved tiny covid_ct pipeline, a labelled synthetic set from it, and real-looking folders."""
+    from medsynth.cli import main
+    from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+    from medsynth.recipes import ClassifierRecipe
+    from medsynth.training.classifier import train_classifier
+
+    root = tmp_path_factory.mktemp("quality")
+    torch.manual_seed(0)
+    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
+    save_pipeline(ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
+                                           classes=CT), root / "diff")
+    assert main(["generate", "--checkpoint", str(root / "diff"), "--n-per-class", "4", "--steps", "2",
+                 "--guidance", "2", "--seed", "5", "--out", str(root / "syn"), "--json"]) == 0
+    make_dataset(root / "real", CT, n_per_class=5, size=24, channels=1, seed=1)
+    make_dataset(root / "train", CT, n_per_class=6, size=24, channels=1, seed=2)
+    train_classifier(ClassifierRecipe(  # a CNN trained on the real-looking images, for the quality command
+        domain="covid_ct", data=str(root / "train"), val_data=str(root / "real"), out=str(root / "clf_real"),
+        arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
+    ))
+    return root

@@ -6,38 +6,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-import torch
 
 from medsynth.cli import main
-from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
 from medsynth.domains import get_domain
 from medsynth.recipes import ClassifierRecipe
 from medsynth.training.classifier import train_classifier
 
-from conftest import TINY_ARCH, make_dataset
-
-
-CT = ["covid", "non_covid"]
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """A saved tiny covid_ct pipeline, a labelled synthetic set from it, and real-looking folders."""
-    root = tmp_path_factory.mktemp("quality")
-    torch.manual_seed(0)
-    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
-    save_pipeline(ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
-                                           classes=CT), root / "diff")
-    assert main(["generate", "--checkpoint", str(root / "diff"), "--n-per-class", "4", "--steps", "2",
-                 "--guidance", "2", "--seed", "5", "--out", str(root / "syn"), "--json"]) == 0
-    make_dataset(root / "real", CT, n_per_class=5, size=24, channels=1, seed=1)
-    make_dataset(root / "train", CT, n_per_class=6, size=24, channels=1, seed=2)
-    train_classifier(ClassifierRecipe(  # a CNN trained on the real-looking images, for the quality command
-        domain="covid_ct", data=str(root / "train"), val_data=str(root / "real"), out=str(root / "clf_real"),
-        arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
-    ))
-    return root
+from conftest import CT, TINY_ARCH, make_dataset
 
 
 def test_synthetic_trained_classifier_card_says_so(synthetic, capsys):

@@ -16,16 +16,7 @@ from medsynth.errors import MedsynthError
 from medsynth.recipes import DiffusionRecipe
 from medsynth.training.diffusion import train_diffusion
 
-from conftest import make_dataset
-
-CT = ["covid", "non_covid"]
-
-
-@pytest.fixture
-def pipe() -> ClassConditionalPipeline:
-    torch.manual_seed(0)
-    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
-    return ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct", classes=CT)
+from conftest import CT
 
 
 def _gen(seed: int):
@@ -137,27 +128,12 @@ def test_load_errors(tmp_path):
         load_pipeline(tmp_path)
 
 
-
-
 def _recipe(tmp_path, data, **kw):
     base = dict(domain="covid_ct", data=str(data), out=str(tmp_path / "run"), preset="tiny", resolution=16,
                 batch_size=4, max_steps=3, warmup_steps=1, log_every=1, sample_every=100, checkpoint_every=2,
                 device="cpu", progress=False)
     base.update(kw)
     return DiffusionRecipe(**base)
-
-
-@pytest.fixture
-def ct_data(tmp_path):
-    return make_dataset(tmp_path / "ct", CT, n_per_class=5, size=24, channels=1)
-
-
-
-
-
-
-
-
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -171,12 +147,6 @@ def test_an_earlier_start_log_snr_adds_the_noisier_steps(sampler, pipe):
     assert seen[-10.0] > seen[-1.5]  # ddpm/ddim keep t = 999 and 899; DPM-Solver starts at 999, not 858
     with pytest.raises(MedsynthError, match=r"start log-SNR must be in \[-12, 0\]"):
         pipe(["covid"], num_inference_steps=2, start_log_snr=1.0)
-
-
-
-
-
-
 
 
 def test_frechet_distance_properties():
@@ -242,10 +212,6 @@ def test_samplers_recover_the_clean_image_from_an_oracle(sampler, steps):
     assert float(((out == 0) | (out == 1)).float().mean()) < 0.01  # no saturated speckle
 
 
-
-
-
-
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_sampling_starts_at_start_log_snr_from_the_class_mean(sampler):
     """Every sampler skips the timesteps where an epsilon network cannot estimate x0 and starts from
@@ -278,10 +244,6 @@ def test_sampling_starts_at_start_log_snr_from_the_class_mean(sampler):
     # a checkpoint saved before class_means existed still samples (from mid-grey)
     assert ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
                                     classes=CT)(["covid"], 2, generator=_gen(0), sampler=sampler).shape == (1, 16, 16, 1)
-
-
-
-
 
 
 def test_coarse_prior_fits_the_training_images_at_8x8():

@@ -9,20 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medsynth.cards.render import _synthetic_note
 from medsynth.cli import main
 from medsynth.data import scan_dataset
-from medsynth.diffusion import ClassConditionalPipeline, create_unet, make_noise_scheduler, save_pipeline
+from medsynth.diffusion import save_pipeline
 from medsynth.domains import get_domain
 from medsynth.recipes import ClassifierRecipe
 from medsynth.synthetic.match import extra_copies
 from medsynth.training.classifier import train_classifier
 
-from conftest import TINY_ARCH, make_dataset
-
-CT = ["covid", "non_covid"]
+from conftest import CT, TINY_ARCH, make_dataset
 
 
 def test_extra_copies_follow_the_real_images_and_sum_exactly():
@@ -101,15 +98,6 @@ def test_match_refuses_what_would_mislead(sets, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-@pytest.fixture
-def pipe() -> ClassConditionalPipeline:
-    torch.manual_seed(0)
-    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
-    return ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct", classes=CT)
-
-
-
-
 def test_generate_cli(tmp_path, pipe, capsys):
     save_pipeline(pipe, tmp_path / "p")
     args = ["generate", "--checkpoint", str(tmp_path / "p"), "--class", "covid", "--n", "3", "--sampler", "ddim",
@@ -164,25 +152,6 @@ def test_generate_two_processes_under_torchrun(tmp_path, pipe):
     rows = list(csv.DictReader(open(tmp_path / "ds" / "labels.csv")))
     assert [int(r["seed"]) for r in rows] == list(range(6))  # both shards, merged in seed order
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["covid", "generation.json", "labels.csv", "non_covid"]
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """A saved tiny covid_ct pipeline, a labelled synthetic set from it, and real-looking folders."""
-    root = tmp_path_factory.mktemp("quality")
-    torch.manual_seed(0)
-    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
-    save_pipeline(ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct",
-                                           classes=CT), root / "diff")
-    assert main(["generate", "--checkpoint", str(root / "diff"), "--n-per-class", "4", "--steps", "2",
-                 "--guidance", "2", "--seed", "5", "--out", str(root / "syn"), "--json"]) == 0
-    make_dataset(root / "real", CT, n_per_class=5, size=24, channels=1, seed=1)
-    make_dataset(root / "train", CT, n_per_class=6, size=24, channels=1, seed=2)
-    train_classifier(ClassifierRecipe(  # a CNN trained on the real-looking images, for the quality command
-        domain="covid_ct", data=str(root / "train"), val_data=str(root / "real"), out=str(root / "clf_real"),
-        arch=TINY_ARCH, pretrained=False, epochs=1, batch_size=4, image_size=32, device="cpu", progress=False,
-    ))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,14 @@ import torch
 
 from medsynth.cli import main
 from medsynth.diffusion import (
-    ClassConditionalPipeline, create_unet, load_pipeline, make_noise_scheduler, save_pipeline,
+    load_pipeline, make_noise_scheduler, save_pipeline,
 )
 from medsynth.cards.rebuild import rebuild_card
 from medsynth.errors import MedsynthError
 from medsynth.recipes import DiffusionRecipe
 from medsynth.training.diffusion import min_snr_weights, train_diffusion
 
-from conftest import make_dataset
-
-
-CT = ["covid", "non_covid"]
-
-
-@pytest.fixture
-def pipe() -> ClassConditionalPipeline:
-    torch.manual_seed(0)
-    unet = create_unet("tiny", num_classes=2, channels=1, resolution=16)
-    return ClassConditionalPipeline(unet=unet, scheduler=make_noise_scheduler(), domain="covid_ct", classes=CT)
+from conftest import CT, make_dataset
 
 
 def _gen(seed: int):
@@ -42,11 +32,6 @@ def _recipe(tmp_path, data, **kw):
                 device="cpu", progress=False)
     base.update(kw)
     return DiffusionRecipe(**base)
-
-
-@pytest.fixture
-def ct_data(tmp_path):
-    return make_dataset(tmp_path / "ct", CT, n_per_class=5, size=24, channels=1)
 
 
 def test_min_snr_weights():
