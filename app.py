@@ -195,11 +195,14 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                 raise InterruptedError("generation cancelled")
             updates.put((step, total, preview))
 
+        def on_stage(name, size):
+            updates.put(("stage", name, size))
+
         def work():
             try:
                 result["items"] = service.generate(store, domain, class_choice, count, sampler, steps,
                                                    guidance, seed, on_step, model or "diffusion",
-                                                   start or DEFAULT_SAMPLING["start_from"])
+                                                   start or DEFAULT_SAMPLING["start_from"], on_stage=on_stage)
             except Exception as exc:  # re-raised in the event handler below
                 result["error"] = exc
             finally:
@@ -209,14 +212,21 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         threading.Thread(target=work, name="medsynth-generate", daemon=True).start()
         yield None, [], None, "starting…", {}  # the previous images and download are gone: they are not these
         last_shown = 0.0
+        stage, stages = "base", []  # the cascade's stages as they start: (name, size in px)
         try:
             while (update := updates.get()) is not None:
+                if update[0] == "stage":
+                    stage = update[1]
+                    stages.append(update[1:])
+                    continue
                 step, total, preview = update
-                progress((step + 1) / total, desc=f"denoising step {step + 1}/{total}")
+                what = f"{preview.shape[0]}-px stage, step" if stage == "upsampler" else "denoising step"
+                progress((step + 1) / total, desc=f"{what} {step + 1}/{total}")
                 if time.perf_counter() - last_shown > 0.25 or step + 1 == total:  # at most ~4 frames/s
                     last_shown = time.perf_counter()
-                    yield (service.upscale_for_display(preview), gr.skip(), gr.skip(), f"step {step + 1}/{total}",
-                           gr.skip())
+                    label = (f"upsampling to {preview.shape[0]} px: step {step + 1}/{total}" if stage == "upsampler"
+                             else f"step {step + 1}/{total}")
+                    yield (service.upscale_for_display(preview), gr.skip(), gr.skip(), label, gr.skip())
         finally:
             stop.set()
         if "error" in result:
@@ -228,7 +238,9 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                      domain)
         gallery = [(service.upscale_for_display(it.image), it.caption) for it in items]
         status = (f"{len(items)} image(s) in {seconds:.1f} s ({sampler}, {int(steps)} steps, guidance {float(guidance)}"
-                  + (", started from the coarse prior)" if start == "prior" else ")"))
+                  + (", started from the coarse prior" if start == "prior" else "")
+                  + (f"; {stages[0][1]} px, enlarged to {items[0].image.shape[0]} px by the upsampler)"
+                     if len(stages) > 1 else f"; {items[0].image.shape[0]} px)"))
         yield (service.upscale_for_display(items[0].image), gallery, str(zip_path), status,
                {"domain": domain, "items": items})
 

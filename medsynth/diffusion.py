@@ -317,7 +317,7 @@ class ClassConditionalPipeline(_pipeline_base()):
         return (x0 / 2 + 0.5).clamp(0, 1)
 
 
-def _quiet_diffusers() -> None:
+def quiet_diffusers() -> None:
     from diffusers.utils import logging as dlogging
 
     dlogging.disable_progress_bar()
@@ -345,7 +345,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Class
             "train-diffusion (model_index.json, unet/, scheduler/)"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _quiet_diffusers()
+    quiet_diffusers()
     try:
         pipe = ClassConditionalPipeline.from_pretrained(str(path), dtype=torch.float32, local_files_only=True,
                                                         use_safetensors=True)  # never a pickled .bin

@@ -193,6 +193,79 @@ class DiffusionRecipe:
         return self.resolution or UNET_PRESETS[self.preset]["resolution"]
 
 
+@dataclass
+class UpsamplerRecipe:
+    """Every option of a super-resolution (cascade) training run (saved as ``args.json``)."""
+
+    domain: str
+    data: str
+    out: str
+    scale: int = 2  # output size = base_resolution * scale
+    base_resolution: int = 64  # the base generator's size, which the stage enlarges
+    crop: int = 64  # training crops of the high-resolution image, in px (the network is convolutional)
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
+    layers_per_block: int = 1
+    prediction_type: str = "v_prediction"
+    snr_gamma: float = 5.0  # Min-SNR-gamma; 0 = plain MSE
+    max_noise_level: int = 100  # conditioning augmentation: levels 0..this (linear schedule, 100 = std 0.32)
+    blur: float = 0.5  # share of training inputs also blurred (Gaussian, sigma 0.4-1.0 px at low resolution)
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    max_steps: int = 20000
+    max_minutes: float | None = None
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1  # kept aside (split.json), the same split as train-diffusion's with the same seed
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    save_dtype: str = "fp16"  # dtype of the exported weights: fp16 (shipped) or fp32
+    resume: bool = False
+    progress: bool = True
+    name: str = "train-upsampler"
+
+    def validate(self) -> None:
+        for key in ("batch_size", "max_steps", "log_every", "sample_every", "checkpoint_every", "layers_per_block"):
+            if getattr(self, key) < 1:
+                raise MedsynthError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        if self.scale not in (2, 4):
+            raise MedsynthError(f"--scale must be 2 or 4, got {self.scale}")
+        levels = len(self.block_out_channels)
+        if self.crop < 16 or self.crop % (2 ** (levels - 1)):
+            raise MedsynthError(f"--crop must be at least 16 px and divisible by {2 ** (levels - 1)} "
+                                f"(the UNet halves it {levels - 1} times), got {self.crop}")
+        if self.crop > self.base_resolution * self.scale:
+            raise MedsynthError(f"--crop {self.crop} is larger than the output size "
+                                f"{self.base_resolution * self.scale}; use at most that")
+        if self.base_resolution < 8:
+            raise MedsynthError(f"--base-resolution must be at least 8, got {self.base_resolution}")
+        if not self.lr > 0:
+            raise MedsynthError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.max_noise_level < 1000:
+            raise MedsynthError(f"--max-noise-level must be in 0..999, got {self.max_noise_level}")
+        if not 0.0 <= self.blur <= 1.0:
+            raise MedsynthError(f"--blur must be a share in [0, 1], got {self.blur}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise MedsynthError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.save_dtype not in ("fp32", "fp16"):
+            raise MedsynthError(f"--save-dtype must be fp32 or fp16, got {self.save_dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise MedsynthError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise MedsynthError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def output_resolution(self) -> int:
+        return self.base_resolution * self.scale
+
+
 def keep_recorded(recipe_cls, options: dict, saved: dict, given: set[str]) -> tuple[dict, list[str]]:
     """What ``--resume`` keeps: each option not given on the command line takes the run's recorded value.
 
@@ -222,7 +295,8 @@ def keep_recorded(recipe_cls, options: dict, saved: dict, given: set[str]) -> tu
 
 #: Recipe fields with no command-line option (set in code, or fixed): they keep their defaults on the CLI.
 NOT_ON_THE_COMMAND_LINE = {"ClassifierRecipe": ("pretrained", "progress"),  # --no-pretrained sets pretrained
-                           "DiffusionRecipe": ("grad_clip", "keep_checkpoints", "progress")}
+                           "DiffusionRecipe": ("grad_clip", "keep_checkpoints", "progress"),
+                           "UpsamplerRecipe": ("grad_clip", "keep_checkpoints", "progress", "name")}
 
 
 def recipe_options(recipe_cls, args, **overrides) -> dict:

@@ -151,6 +151,18 @@ class ModelStore:
             )
         return self._load(self.path(domain, model), load_pipeline)
 
+    def upsampler(self, domain: str, model: str = "diffusion"):
+        """The second stage that diffusion model ``model`` names (its ``cascade.json``), or None."""
+        from .upsampler import check_cascade, load_upsampler, named_upsampler
+
+        pipe = self.pipeline(domain, model)
+        path = named_upsampler(self.path(domain, model))
+        if path is None:
+            return None
+        stage = self._load(path, load_upsampler)
+        check_cascade(pipe, stage, f"{model}'s upsampler")
+        return stage
+
     def classifier(self, domain: str, kind: str = "real-trained") -> Classifier:
         _plain_name(kind, "the classifier")
         if kind in CLASSIFIER_KINDS:
@@ -279,9 +291,13 @@ def generate(
     on_step: Callable[[int, int, np.ndarray], None] | None = None,
     model: str = "diffusion",
     start_from: str = "mean",
+    on_stage: Callable[[str, int], None] | None = None,
 ) -> list[Generated]:
     """Sample images; ``on_step(step, total, preview)`` gets a uint8 preview of the first image.
-    ``start_from``: "mean" or "prior" (see ``diffusion.STARTS``)."""
+    ``start_from``: "mean" or "prior" (see ``diffusion.STARTS``). Where the model names an upsampler
+    (the cascade), its base images are enlarged by it, each with a fresh generator of its seed, as the
+    ``generate`` command does; ``on_stage(name, size)`` is told "base" or "upsampler" and the stage's
+    output size in px as each stage starts, and ``on_step`` then counts that stage's steps."""
     import torch
 
     from .recipes import SAMPLERS, STARTS
@@ -300,9 +316,16 @@ def generate(
         if on_step is not None:
             on_step(step, total, (preview[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
 
+    stage = store.upsampler(domain, model)
+    if on_stage is not None:
+        on_stage("base", int(pipe.unet.config.sample_size))
     images = pipe([c for c, _ in jobs], num_inference_steps=int(steps), guidance_scale=float(guidance),
                   generator=[torch.Generator().manual_seed(s) for _, s in jobs], sampler=sampler, callback=callback,
                   start_from=start_from or "mean")
+    if stage is not None:
+        if on_stage is not None:
+            on_stage("upsampler", int(pipe.unet.config.sample_size) * stage.scale)
+        images = stage(images, generator=[torch.Generator().manual_seed(s) for _, s in jobs], callback=callback)
     return [Generated(img, c, s) for img, (c, s) in zip(images, jobs)]
 
 

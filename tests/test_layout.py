@@ -16,9 +16,9 @@ LAYERS = [
     ["medsynth", "errors", "atomic", "domains", "recipes", "hardware", "metrics", "fidelity", "memorization",
      "training.schedule", "training", "cards", "synthetic"],
     ["io", "transforms"],
-    ["data", "classify", "diffusion", "synthetic.provenance", "cards.render"],
-    ["features", "explain", "synthetic.generate", "synthetic.merge", "synthetic.curate"],
-    ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion"],
+    ["data", "classify", "diffusion", "upsampler", "synthetic.provenance", "cards.render"],
+    ["features", "explain", "training.loop", "synthetic.generate", "synthetic.upsample", "synthetic.merge", "synthetic.curate"],
+    ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],
     ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs"],
     ["cli.common", "cli.train", "cli.models", "cli.sets", "cli.study", "cli", "__main__"],
 ]

@@ -345,6 +345,85 @@ in `samples/`, the latest in `sample_grid.png`.
 """
 
 
+def upsampler_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dict]) -> str:
+    """Model card of a super-resolution stage (diffusers format); measured sections are added later."""
+    losses = [r["loss"] for r in loss_rows]
+    first = f"{np.mean(losses[:5]):.4f}" if losses else "n/a"
+    last = f"{np.mean(losses[-5:]):.4f}" if losses else "n/a"
+    recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(recipe).items() if k not in ("progress", "name"))
+    status = "final" if info["final"] else "intermediate (training continues)"
+    sampling = info["sampling"]
+    size = recipe.base_resolution * recipe.scale
+    return f"""---
+license: other
+library_name: diffusers
+pipeline_tag: image-to-image
+tags:
+- medsynth
+- medical-imaging
+- super-resolution
+- cascaded-diffusion
+- {domain.key}
+---
+
+# medsynth super-resolution stage: {domain.title}, {recipe.base_resolution} -> {size} px
+
+The second stage of medsynth's cascade (Ho et al. 2021; SR3): a `UNet2DModel`
+({info['parameters'] / 1e6:.2f} M parameters, widths {tuple(recipe.block_out_channels)}, no attention) that
+predicts the {size}-px image from noise, given the {recipe.base_resolution}-px image enlarged (bicubic) as
+{domain.channels} extra input channel(s). Trained on real images only, with conditioning augmentation
+(blur, and Gaussian noise at a level 0..{recipe.max_noise_level} passed to the network as its class
+embedding). The weights are the EMA of the training weights. Checkpoint status: {status}.
+
+**{DISCLAIMER}** Upsampled synthetic images are still synthetic; upsampled real scans gain detail
+that was not measured, and must not be read as if it had been.
+
+## Use
+
+```bash
+python -m medsynth upsample --checkpoint PATH IMAGE_OR_FOLDER... --out upsampled/
+python -m medsynth generate --checkpoint checkpoints/{domain.key}/diffusion --upsampler PATH --class {domain.classes[0]} --n 8 --out samples/
+```
+
+```python
+from medsynth.upsampler import load_upsampler
+stage = load_upsampler("PATH")
+high = stage(low_uint8)  # uint8 (N, {recipe.base_resolution}, {recipe.base_resolution}, {domain.channels}) -> (N, {size}, {size}, {domain.channels})
+```
+
+Recommended sampling (in `model_index.json`): `{sampling['sampler']}`, {sampling['num_inference_steps']} steps,
+conditioning noise level {sampling['noise_level']}, starting at log-SNR {sampling['start_log_snr']} from the
+enlarged input under noise.
+
+## Data
+
+- Training folder: `{recipe.data}`: {info['n_train']} real images at {size} px; {info['n_val']} images
+  ({recipe.val_fraction:.0%} per class, seed {recipe.seed}, the same split as `train-diffusion`'s) kept
+  aside in `split.json`.
+- Reference dataset of this domain: {domain.dataset or 'n/a'}; licence: {domain.dataset_license}.
+
+## Training
+
+{info['step']} steps (batch {recipe.batch_size}, {recipe.crop}-px crops), wall time {info['seconds'] / 60:.1f} min on {info['hardware']}.{_resumes(info.get('resumed_at_steps'), recipe)}
+Loss (Min-SNR-weighted MSE, mean of 5 log points): {first} at the start, {last} at the end; every
+point is in `loss.csv`. Held-out images, each row bicubic | this stage | original, are in `samples/`,
+the latest in `sample_grid.png`.
+
+![held-out comparison](sample_grid.png)
+
+| option | value |
+| --- | --- |
+{recipe_rows}
+
+## Limitations
+
+- Trained on a few thousand images of one public dataset; the detail it adds is plausible texture
+  learned from them, not information recovered from the input.
+{_caveats(domain)}
+- {DISCLAIMER}
+"""
+
+
 def base_run(init_from: str | None) -> dict | None:
     """Steps and wall time of the checkpoint a run was initialised from (``train_summary.json``), if known."""
     import json

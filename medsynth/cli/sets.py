@@ -42,10 +42,50 @@ def _add_generate(sub) -> None:
                         "add one with 'medsynth start-prior'), which varies the samples' layout as real images "
                         "vary (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default %(default)s)")
+    g = p.add_argument_group("second stage (the cascade's upsampler)")
+    g.add_argument("--resolution", type=positive_int, default=None,
+                   help="output size in px: the base generator's (e.g. 64) writes its images alone; the upsampler's "
+                        "(e.g. 128) adds the second stage (default: the upsampler's size when the checkpoint names one "
+                        "in cascade.json or --upsampler is given, else the generator's)")
+    g.add_argument("--upsampler", default=None, metavar="CHECKPOINT",
+                   help="upsampler checkpoint to use instead of the one the diffusion checkpoint names")
+    g.add_argument("--upsample-steps", type=positive_int, default=None,
+                   help="second-stage denoising steps (default: the upsampler's recommended number)")
+    g.add_argument("--upsample-noise", type=int, default=None, metavar="LEVEL",
+                   help="conditioning noise level 0..999 added to the base image before the second stage "
+                        "(default: the upsampler's recommended level)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
-    p.add_argument("--json", action="store_true", help="last line: {n, seconds, images_per_second, files}")
+    p.add_argument("--json", action="store_true",
+                   help="last line: {n, seconds, images_per_second, files, resolution[, upsampler]}")
     p.set_defaults(func=_cmd_generate)
+
+
+def resolve_stage(args, pipe, device):
+    """The second stage a generate run uses (an UpsamplerPipeline and its path), or (None, None)."""
+    from ..upsampler import check_cascade, load_upsampler, named_upsampler
+
+    base = int(pipe.unet.config.sample_size)
+    path = args.upsampler or named_upsampler(args.checkpoint)
+    if args.resolution == base or (args.resolution is None and path is None):
+        if args.upsampler:
+            raise MedsynthError(f"--upsampler was given, but --resolution {base} is the generator's own size; "
+                                "leave out one of them")
+        if args.upsample_steps is not None or args.upsample_noise is not None:
+            raise MedsynthError("--upsample-steps/--upsample-noise set the second stage, which this run does not use "
+                                f"(it writes the generator's {base}-px images)")
+        return None, None
+    if path is None:
+        raise MedsynthError(f"--resolution {args.resolution}: {args.checkpoint} makes {base}-px images and names no "
+                            "upsampler (cascade.json); pass --upsampler CHECKPOINT, or --resolution "
+                            f"{base}")
+    stage = load_upsampler(path, device)
+    check_cascade(pipe, stage, path)
+    size = base * stage.scale
+    if args.resolution is not None and args.resolution != size:
+        raise MedsynthError(f"--resolution {args.resolution} is not available: the generator makes {base} px and "
+                            f"{path} enlarges them to {size} px; use --resolution {base} or {size}")
+    return stage, path
 
 
 def _cmd_generate(args) -> int:
@@ -57,19 +97,71 @@ def _cmd_generate(args) -> int:
     if args.steps < 1:
         raise MedsynthError(f"--steps must be at least 1, got {args.steps}")
     check_writable(args.out, need_mb=10, option="--out")
-    pipe = load_pipeline(args.checkpoint, resolve_device(args.device))
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.checkpoint, device)
     jobs = plan_jobs(pipe.classes, cls=args.cls, n=args.n, n_per_class=args.n_per_class, seed=args.seed)
+    if args.upsample_noise is not None and not 0 <= args.upsample_noise < 1000:
+        raise MedsynthError(f"--upsample-noise must be a level in 0..999, got {args.upsample_noise}")
+    stage, stage_path = resolve_stage(args, pipe, device)
+    upsample = {k: v for k, v in (("num_inference_steps", args.upsample_steps),
+                                  ("noise_level", args.upsample_noise)) if v is not None}
     summary = generate_set(pipe, jobs, args.out, checkpoint=args.checkpoint, sampler=args.sampler, steps=args.steps,
                            guidance=args.guidance, batch_size=args.batch_size, start_log_snr=args.start_log_snr,
                            start_from=args.start_from, labelled=args.n_per_class is not None, seed=args.seed,
-                           n_per_class=args.n_per_class, cpu=args.device == "cpu", progress=not args.json)
+                           n_per_class=args.n_per_class, cpu=args.device == "cpu", progress=not args.json,
+                           upsampler=stage, upsample=upsample, upsampler_path=stage_path)
     if summary is None:  # another process of a sharded run: the first one reports
         return 0
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {summary['n']} images to {args.out} in {summary['seconds']:.1f} s "
-              f"({summary['images_per_second']:.2f} images/s)")
+        stage = f", enlarged by {stage_path}" if stage is not None else ""
+        print(f"wrote {summary['n']} {summary['resolution']}-px images to {args.out} in {summary['seconds']:.1f} s "
+              f"({summary['images_per_second']:.2f} images/s{stage})")
+    return 0
+
+
+def _add_upsample(sub) -> None:
+    p = sub.add_parser(
+        "upsample",
+        help="enlarge existing images with the cascade's second stage (e.g. 64 -> 128 px)",
+        description="Enlarge images with an upsampler checkpoint (train-upsampler). Each IN is an image file or a "
+        "folder; a folder of <class>/ sub-folders keeps that layout in OUT, and a synthetic set's generation.json "
+        "gains the stage's record, so the result is a labelled 128-px set for train-classifier or tstr. Image i "
+        "takes seed SEED+i, or the seed that generate's labels.csv gives it, so the same command writes the same files.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
+    p.add_argument("--checkpoint", required=True, help="upsampler checkpoint folder, e.g. checkpoints/brain_mri/upsampler")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the checkpoint's)")
+    p.add_argument("--noise", type=int, default=None, metavar="LEVEL",
+                   help="conditioning noise level 0..999 added to each input first (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="last line: {n, seconds, images_per_second, files, resolution, upsampler}")
+    p.set_defaults(func=_cmd_upsample)
+
+
+def _cmd_upsample(args) -> int:
+    from ..atomic import check_writable
+    from ..classify import resolve_device
+    from ..synthetic.upsample import upsample_files
+    from ..upsampler import load_upsampler
+
+    if args.noise is not None and not 0 <= args.noise < 1000:
+        raise MedsynthError(f"--noise must be a level in 0..999, got {args.noise}")
+    check_writable(args.out, need_mb=10, option="--out")
+    stage = load_upsampler(args.checkpoint, resolve_device(args.device))
+    summary = upsample_files(stage, args.inputs, args.out, stage_path=args.checkpoint, seed=args.seed,
+                             steps=args.steps, noise_level=args.noise, batch_size=args.batch_size,
+                             progress=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {summary['n']} images enlarged to {summary['resolution']} px to {args.out} in "
+              f"{summary['seconds']:.1f} s")
     return 0
 
 
@@ -213,6 +305,7 @@ def _cmd_split(args) -> int:
 def register(sub) -> None:
     """Add this group's commands to the ``medsynth`` sub-command parser."""
     _add_generate(sub)
+    _add_upsample(sub)
     _add_merge(sub)
     _add_curate(sub)
     _add_match(sub)

@@ -1,7 +1,9 @@
 """Writing generated images to disk: a flat set for one class, or a labelled ``<class>/`` dataset.
 
 Image i of a run uses the seed ``seed + i`` (its own generator), so a file can be regenerated on
-its own from its class and seed; both are listed in ``labels.csv``.
+its own from its class and seed; both are listed in ``labels.csv``. With a second stage (the cascade's
+upsampler) the base image is enlarged with a fresh generator of the same seed, so ``upsample --seed``
+on a base image written alone reproduces the cascade's file.
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ def generate_to_folder(
     labels_name: str = "labels.csv",
     start_log_snr: float = START_LOG_SNR,
     start_from: str = "mean",
+    upsampler=None,
+    upsample: dict | None = None,
 ) -> dict:
     """Generate one image per (class name, seed) job and save PNGs; returns the summary of docs/cli.md.
+
+    ``upsampler``: an ``UpsamplerPipeline`` that enlarges every base image (the cascade), with
+    ``upsample`` = {"num_inference_steps", "noise_level"} (None: the checkpoint's recommended values).
 
     ``labelled``: write ``out/<class>/<class>_<seed>.png`` (a dataset for train-classifier),
     else ``out/<class>_<seed>.png``. ``labels.csv`` (file, class, seed) lists every image.
@@ -51,13 +58,17 @@ def generate_to_folder(
     files: list[str] = []
     rows: list[tuple[str, str, int]] = []
     started = time.time()
-    bar = tqdm(total=len(jobs), desc=f"generating ({sampler}, {steps} steps)", unit="img", disable=not progress)
+    stage = f" + upsampler x{upsampler.scale}" if upsampler is not None else ""
+    bar = tqdm(total=len(jobs), desc=f"generating ({sampler}, {steps} steps{stage})", unit="img", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed) for _, seed in chunk]
         images = pipe([c for c, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
                       generator=generators, sampler=sampler, start_log_snr=start_log_snr,
                       start_from=start_from)
+        if upsampler is not None:
+            stage_generators = [torch.Generator().manual_seed(seed) for _, seed in chunk]
+            images = upsampler(images, generator=stage_generators, **(upsample or {}))
         for (cls, seed), array in zip(chunk, images):
             rel = Path(cls) / f"{cls}_{seed:06d}.png" if labelled else Path(f"{cls}_{seed:06d}.png")
             img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
@@ -114,7 +125,8 @@ def plan_jobs(classes: Sequence[str], *, cls: str | None = None, n: int = 0, n_p
 def generate_set(pipe: ClassConditionalPipeline, jobs: Sequence[tuple[str, int]], out: str | Path, *,
                  checkpoint: str | Path, sampler: str, steps: int, guidance: float, batch_size: int,
                  start_log_snr: float, start_from: str, labelled: bool, seed: int, n_per_class: int | None,
-                 cpu: bool = False, progress: bool = True) -> dict | None:
+                 cpu: bool = False, progress: bool = True, upsampler=None, upsample: dict | None = None,
+                 upsampler_path: str | Path | None = None) -> dict | None:
     """Draw ``jobs`` into ``out``, sharded over the processes of ``accelerate launch`` / ``torchrun`` when
     there are several (each takes every world-th image; the first one merges the label files), and write
     the set's ``generation.json`` for a labelled set.
@@ -130,10 +142,12 @@ def generate_set(pipe: ClassConditionalPipeline, jobs: Sequence[tuple[str, int]]
 
         state = PartialState(cpu=cpu or not torch.cuda.is_available())
         pipe.to(state.device)
+        if upsampler is not None:
+            upsampler.to(state.device)
         summary = generate_to_folder(pipe, jobs[state.process_index :: world], out, sampler, steps, guidance,
                                      batch_size, labelled=labelled, progress=progress and state.is_main_process,
                                      labels_name=f"labels.{state.process_index}.csv", start_log_snr=start_log_snr,
-                                     start_from=start_from)
+                                     start_from=start_from, upsampler=upsampler, upsample=upsample)
         state.wait_for_everyone()
         if not state.is_main_process:
             return None
@@ -144,9 +158,20 @@ def generate_set(pipe: ClassConditionalPipeline, jobs: Sequence[tuple[str, int]]
         summary["images_per_second"] = round(len(jobs) / summary["seconds"], 4) if summary["seconds"] else None
     else:
         summary = generate_to_folder(pipe, jobs, out, sampler, steps, guidance, batch_size, labelled=labelled,
-                                     progress=progress, start_log_snr=start_log_snr, start_from=start_from)
+                                     progress=progress, start_log_snr=start_log_snr, start_from=start_from,
+                                     upsampler=upsampler, upsample=upsample)
+    stage = None
+    if upsampler is not None:
+        from ..upsampler import upsample_settings
+
+        stage = upsample_settings(upsampler, upsampler_path or "upsampler", **{
+            "steps": (upsample or {}).get("num_inference_steps"), "noise_level": (upsample or {}).get("noise_level")})
+        summary["resolution"] = stage["resolution"]
+        summary["upsampler"] = stage
+    else:
+        summary["resolution"] = int(pipe.unet.config.sample_size)
     if labelled:  # provenance of a synthetic dataset; train-classifier puts it on its card
         write_provenance(out, checkpoint, pipe, n_per_class=n_per_class, sampler=sampler, steps=steps,
                          guidance=guidance, seed=seed, start_log_snr=start_log_snr, start_from=start_from,
-                         seconds=summary["seconds"])
+                         seconds=summary["seconds"], upsampler=stage)
     return summary

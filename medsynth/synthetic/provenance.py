@@ -34,7 +34,9 @@ def write_provenance(out: str | Path, checkpoint: str | Path, pipe, **settings) 
 
     ``train-classifier`` finds this file in its data folder, marks the model as trained on synthetic
     images and copies the record (diffusion checkpoint, its training steps, sampler, steps, guidance,
-    seeds) onto the model card.
+    seeds) onto the model card. ``upsampler``: the second stage's record (checkpoint, training steps,
+    scale, sampling settings) when a cascade made the images, else None; ``resolution`` is then the
+    stage's output size and ``base_resolution`` the generator's.
     """
     import json
 
@@ -46,12 +48,14 @@ def write_provenance(out: str | Path, checkpoint: str | Path, pipe, **settings) 
             trained = total_training_steps(json.loads(summary.read_text()))
         except (ValueError, OSError):
             trained = None
+    stage = settings.get("upsampler")
     record = {
         "synthetic": True,
         "diffusion_checkpoint": str(checkpoint),
         "diffusion_domain": pipe.config.domain,
         "diffusion_training_steps": trained,
-        "resolution": int(pipe.unet.config.sample_size),
+        "resolution": int(stage["resolution"]) if stage else int(pipe.unet.config.sample_size),
+        "base_resolution": int(pipe.unet.config.sample_size),
         "classes": list(pipe.classes),
         **settings,
     }

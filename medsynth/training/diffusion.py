@@ -16,11 +16,7 @@ atomically. ``accelerate launch -m medsynth train-diffusion ...`` runs it on sev
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import json
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import atomic
 from ..cards.render import base_run
@@ -46,19 +41,9 @@ from ..domains import get_domain
 from ..errors import MedsynthError
 from ..hardware import describe, make_accelerator
 from ..recipes import DiffusionRecipe
-from ..transforms import RandomRot90, ToSymmetric
-from .schedule import warmup_cosine
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction.
-
-    SNR(t) = a_t / (1 - a_t) with a_t the cumulative product of alphas.
-    """
-    a = alphas_cumprod.to(t.device)[t].float()
-    snr = a / (1 - a)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+from ..transforms import ToSymmetric
+from .loop import flips, latest_checkpoint, save_png, train
+from .schedule import min_snr_weights
 
 
 def class_means(images: np.ndarray, labels: Sequence[int], num_classes: int) -> list[list[float]]:
@@ -127,15 +112,6 @@ def add_start_prior(checkpoint: str | Path, data: str | Path, show: bool = False
             "grid": int(prior["grid"]), "class_counts": dict(zip(classes, map(int, counts)))}
 
 
-def _flips(domain) -> torch.nn.Module:
-    from torchvision.transforms import v2
-
-    aug = domain.augmentation
-    steps = ([v2.RandomHorizontalFlip()] if aug.hflip else []) + ([v2.RandomVerticalFlip()] if aug.vflip else [])
-    steps += [RandomRot90()] if aug.rot90 else []
-    return torch.nn.Sequential(*steps)
-
-
 def sample_grid(pipe: ClassConditionalPipeline, per_class: int = 4, seed: int = 0, steps: int = 25) -> np.ndarray:
     """One row per class, ``per_class`` columns, fixed seeds, SDE-DPM-Solver++ without guidance:
     uint8 (rows*S, cols*S, C) with 2-px gaps."""
@@ -151,23 +127,35 @@ def sample_grid(pipe: ClassConditionalPipeline, per_class: int = 4, seed: int = 
     return grid
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
+class DiffusionObjective:
+    """One step of the class-conditional model: drop ~10 % of labels to "no class", noise, predict, weight."""
 
-    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    atomic.write_with(path, lambda tmp: img.save(tmp, format="PNG"))
+    def __init__(self, model, recipe: DiffusionRecipe, noise_scheduler, null_class: int, export):
+        self.model = model
+        self.recipe = recipe
+        self.noise_scheduler = noise_scheduler
+        self.null_class = null_class
+        self.export = export
 
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    complete = [p for p in found if (p / "state.json").is_file()]
-    return complete[-1] if complete else None
+    def loss(self, batch, model) -> torch.Tensor:
+        x, y = batch
+        r = self.recipe
+        noise = torch.randn_like(x)  # eps ~ N(0, I)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x.shape[0],), device=x.device)
+        drop = torch.rand(x.shape[0], device=x.device) < r.class_dropout
+        labels = torch.where(drop, torch.full_like(y, self.null_class), y)
+        x_t = self.noise_scheduler.add_noise(x, noise, t)  # x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
+        target = noise if r.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(x, noise, t)
+        pred = model(x_t, t, class_labels=labels).sample
+        mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+        if r.snr_gamma > 0:
+            mse = mse * min_snr_weights(self.noise_scheduler.alphas_cumprod.to(t.device), t, r.snr_gamma,
+                                        r.prediction_type)
+        return mse.mean()
 
 
 def train_diffusion(recipe: DiffusionRecipe) -> dict:
     from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_file, save_file
 
     recipe.validate()
     domain = get_domain(recipe.domain)
@@ -188,7 +176,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     base = base_run(recipe.init_from)  # the run this one continues, for the card's totals
     resume_from = None
     if recipe.resume:
-        resume_from = _latest_checkpoint(out)
+        resume_from = latest_checkpoint(out)
         if resume_from is None:
             raise MedsynthError(f"--resume: {out} has no checkpoints/step_*/ to resume from; start without --resume")
         saved = json.loads((out / "args.json").read_text())
@@ -197,11 +185,10 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
             mine = list(mine) if isinstance(mine, tuple) else mine
             if saved.get(key) != mine:
                 raise MedsynthError(f"--resume: {key} was {saved.get(key)!r} in {out}/args.json but is {mine!r} now")
-    elif (out / "model_index.json").exists() or _latest_checkpoint(out) is not None:
+    elif (out / "model_index.json").exists() or latest_checkpoint(out) is not None:
         raise MedsynthError(f"{out} already holds a diffusion run; pass --resume to continue it or choose another --out")
 
     accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
-    cpu = accelerator.device.type == "cpu"
     main = accelerator.is_main_process
     show = recipe.progress and accelerator.is_local_main_process
     set_seed(recipe.seed)
@@ -214,8 +201,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     means = class_means(images, [s.label for s in train_samples], domain.num_classes)
     start_prior = coarse_prior(images, [s.label for s in train_samples], domain.num_classes) \
         if resolution % PRIOR_GRID == 0 else None
-    flips = _flips(domain)
-    dataset = ArrayDataset(images, [s.label for s in train_samples], torch.nn.Sequential(flips, ToSymmetric()))
+    dataset = ArrayDataset(images, [s.label for s in train_samples], torch.nn.Sequential(flips(domain), ToSymmetric()))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=len(dataset) >= recipe.batch_size,
         num_workers=recipe.num_workers, generator=torch.Generator().manual_seed(recipe.seed),
@@ -229,37 +215,13 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
     else:
         unet = create_unet(recipe.preset, domain.num_classes, domain.channels, **overrides)
     noise_scheduler = make_noise_scheduler(recipe.prediction_type)
-    ema = EMAModel(unet.parameters(), decay=recipe.ema_decay, use_ema_warmup=True, power=2 / 3)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.max_steps))
-    step = 0
-    log_rows: list[dict] = []
-    if resume_from is not None:
-        state = json.loads((resume_from / "state.json").read_text())
-        unet.load_state_dict(load_file(str(resume_from / "unet.safetensors")))
-        ema_state = load_file(str(resume_from / "ema.safetensors"))
-        ema.shadow_params = [ema_state[name].clone() for name, _ in unet.named_parameters()]
-        ema.optimization_step = state["ema_optimization_step"]
-        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=True))
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        step = state["step"]
-        if (out / "loss.csv").exists():
-            with open(out / "loss.csv") as fh:
-                log_rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
-        started -= state.get("seconds", 0.0)  # wall time accumulates across resumes
-        if show:
-            tqdm.write(f"resuming from {resume_from} at step {step}")
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    ema.to(accelerator.device)
-    null_class = domain.num_classes
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
-    sample_unet = copy.deepcopy(accelerator.unwrap_model(unet)).eval().to("cpu" if cpu else accelerator.device)
     hardware = describe(accelerator.device, accelerator.num_processes)
 
     out.mkdir(parents=True, exist_ok=True)
     resumed_at = []
     if resume_from is not None:  # the steps at which earlier invocations of this run were resumed
-        resumed_at = json.loads((out / "args.json").read_text()).get("resumed_at_steps", []) + [step]
+        resumed_at = json.loads((out / "args.json").read_text()).get("resumed_at_steps", [])
+        resumed_at += [json.loads((resume_from / "state.json").read_text())["step"]]
     if main:
         # args.json is the latest invocation (a resume may change --max-steps or --max-minutes), so the
         # shipped recipe and a rebuilt card say what actually ran; resumed_at_steps keeps the history.
@@ -268,120 +230,31 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
         atomic.write_json(out / "split.json", {"train": [str(s.path) for s in train_samples],
                                                "val": [str(s.path) for s in val_samples]})
 
-    def ema_pipeline() -> ClassConditionalPipeline:
-        ema.copy_to(sample_unet.parameters())
-        pipe = ClassConditionalPipeline(unet=sample_unet, scheduler=noise_scheduler, domain=domain.key,
+    def export(averaged, step: int, log_rows: list[dict], final: bool) -> None:
+        """The EMA pipeline, the sample grid and the card."""
+        pipe = ClassConditionalPipeline(unet=averaged, scheduler=noise_scheduler, domain=domain.key,
                                         classes=list(domain.classes), class_means=means)
         pipe.start_prior = start_prior
-        return pipe
-
-    def save_all(final: bool = False) -> None:
-        """Training state for --resume, then the EMA pipeline, the grid and the card."""
-        if not main:
-            return
-        ckpt = out / "checkpoints" / f"step_{step:07d}"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        raw = accelerator.unwrap_model(unet)
-        names = [name for name, _ in raw.named_parameters()]
-        atomic.write_with(ckpt / "unet.safetensors", lambda p: save_file(
-            {k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(p)))
-        atomic.write_with(ckpt / "ema.safetensors", lambda p: save_file(
-            {n: t.detach().cpu().contiguous() for n, t in zip(names, ema.shadow_params)}, str(p)))
-        atomic.write_with(ckpt / "optimizer.pt", lambda p: torch.save(optimizer.optimizer.state_dict()
-                                                                         if hasattr(optimizer, "optimizer") else optimizer.state_dict(), p))
-        atomic.write_json(ckpt / "state.json", {"step": step, "ema_optimization_step": ema.optimization_step,
-                                                "lr_scheduler": lr_scheduler.state_dict() if not hasattr(lr_scheduler, "scheduler") else lr_scheduler.scheduler.state_dict(),
-                                                "seconds": time.time() - started})
-        for old in sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-recipe.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        pipe = ema_pipeline()
         save_pipeline(pipe, out, torch.float16 if recipe.save_dtype == "fp16" else None)
         grid = sample_grid(pipe)
         save_png(grid, out / "samples" / f"step_{step:07d}.png")
         save_png(grid, out / "sample_grid.png")
-        _write_loss_csv(out / "loss.csv", log_rows)
         from ..cards.render import diffusion_card
 
         atomic.write_text(out / "README.md", diffusion_card(domain, recipe, {
             "step": step, "seconds": time.time() - started, "hardware": hardware, "n_train": len(train_samples),
             "n_val": len(val_samples), "train_class_counts": dict(zip(domain.classes, counts.tolist())),
-            "parameters": sum(p.numel() for p in sample_unet.parameters()), "final": final, "base": base,
+            "parameters": sum(p.numel() for p in averaged.parameters()), "final": final, "base": base,
             "resumed_at_steps": resumed_at,
         }, log_rows))
 
-    bar = tqdm(total=recipe.max_steps, initial=step, desc="train-diffusion", unit="step", disable=not show)
-    running: list[float] = []
-    stop_reason = "reached --max-steps"
-    done = step >= recipe.max_steps
-    epoch = 0
-    while not done:
-        epoch += 1
-        torch.manual_seed(recipe.seed + step)  # a resumed run does not replay the same batches
-        for x, y in loader:
-            unet.train()
-            noise = torch.randn_like(x)  # eps ~ N(0, I)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x.shape[0],), device=x.device)
-            drop = torch.rand(x.shape[0], device=x.device) < recipe.class_dropout
-            labels = torch.where(drop, torch.full_like(y, null_class), y)
-            x_t = noise_scheduler.add_noise(x, noise, t)  # x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
-            target = noise if recipe.prediction_type == "epsilon" else noise_scheduler.get_velocity(x, noise, t)
-            with accelerator.autocast():
-                pred = unet(x_t, t, class_labels=labels).sample
-            mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-            if recipe.snr_gamma > 0:
-                mse = mse * min_snr_weights(alphas_cumprod, t, recipe.snr_gamma, recipe.prediction_type)
-            loss = mse.mean()
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(unet.parameters(), recipe.grad_clip)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.step(accelerator.unwrap_model(unet).parameters())
-            step += 1
-            running.append(accelerator.gather(loss.detach()).mean().item())
-            bar.update(1)
-            if step % recipe.log_every == 0:
-                row = {"step": step, "loss": float(np.mean(running)), "lr": lr_scheduler.get_last_lr()[0],
-                       "seconds": time.time() - started}
-                log_rows.append(row)
-                running.clear()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                if main:
-                    _write_loss_csv(out / "loss.csv", log_rows)
-            if main and recipe.max_minutes and (time.time() - started) / 60 >= recipe.max_minutes:
-                accelerator.set_trigger()
-            out_of_time = accelerator.check_trigger()
-            if out_of_time:
-                stop_reason = f"time budget of {recipe.max_minutes} minutes reached"
-            if step >= recipe.max_steps or out_of_time:
-                done = True
-                break
-            if step % recipe.checkpoint_every == 0 or step % recipe.sample_every == 0:
-                accelerator.wait_for_everyone()
-                save_all()
-    bar.close()
-    if running:
-        log_rows.append({"step": step, "loss": float(np.mean(running)), "lr": lr_scheduler.get_last_lr()[0],
-                         "seconds": time.time() - started})
-    accelerator.wait_for_everyone()
-    save_all(final=True)
-    summary = {"out": str(out), "steps": step, "stop_reason": stop_reason, "seconds": time.time() - started,
+    objective = DiffusionObjective(unet, recipe, noise_scheduler, domain.num_classes, export)
+    state = train(objective, loader, recipe, out, accelerator, resume_from, model_file="unet.safetensors")
+    summary = {"out": str(out), "steps": state.step, "stop_reason": state.stop_reason, "seconds": state.seconds,
                "hardware": hardware, "n_train": len(train_samples), "n_val": len(val_samples),
-               "final_loss": log_rows[-1]["loss"] if log_rows else None, "resolution": resolution, "base": base,
-               "resumed_at_steps": resumed_at}
+               "final_loss": state.log_rows[-1]["loss"] if state.log_rows else None, "resolution": resolution,
+               "base": base, "resumed_at_steps": resumed_at}
     if main:
         atomic.write_json(out / "train_summary.json", summary)
     accelerator.end_training()
     return summary
-
-
-def _write_loss_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr", "seconds"])
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({"step": int(r["step"]), "loss": f"{r['loss']:.6f}", "lr": f"{r['lr']:.6g}",
-                         "seconds": f"{r['seconds']:.1f}"})
-    atomic.write_text(path, buf.getvalue())
-
