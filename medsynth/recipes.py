@@ -206,6 +206,8 @@ class UpsamplerRecipe:
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     prediction_type: str = "v_prediction"
+    target: str = "residual"  # "residual": diffuse residual_scale * (high - enlarged input); "image": the image
+    residual_scale: float = 3.0
     snr_gamma: float = 5.0  # Min-SNR-gamma; 0 = plain MSE
     max_noise_level: int = 100  # conditioning augmentation: levels 0..this (linear schedule, 100 = std 0.32)
     blur: float = 0.5  # share of training inputs also blurred (Gaussian, sigma 0.4-1.0 px at low resolution)
@@ -248,6 +250,10 @@ class UpsamplerRecipe:
             raise MedsynthError(f"--base-resolution must be at least 8, got {self.base_resolution}")
         if not self.lr > 0:
             raise MedsynthError(f"--lr must be positive, got {self.lr}")
+        if self.target not in ("residual", "image"):
+            raise MedsynthError(f"--target must be residual or image, got {self.target!r}")
+        if not self.residual_scale > 0:
+            raise MedsynthError(f"--residual-scale must be positive, got {self.residual_scale}")
         if not 0 <= self.max_noise_level < 1000:
             raise MedsynthError(f"--max-noise-level must be in 0..999, got {self.max_noise_level}")
         if not 0.0 <= self.blur <= 1.0:

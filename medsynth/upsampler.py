@@ -5,6 +5,12 @@ Cascaded diffusion (Ho et al. 2021; SR3, Saharia et al. 2021; diffusers' x4 upsc
 to the output size (bicubic) as extra input channels: the network sees ``concat(x_t, up)`` and
 returns C channels. It is fully convolutional, so it trains on random crops and runs on whole images.
 
+**Residual target** (SRDiff, Li et al. 2022): the diffusion models ``r = residual_scale * (high - base)``,
+what the enlarged input ``base`` lacks, rather than the image itself. At worst (an untrained network, or
+the first, noisiest steps) the output is the bicubic enlargement; the network spends its capacity on
+detail. The residual of a 2x enlargement is small (standard deviation 0.05-0.10 in [-1, 1] units on our
+domains), so it is multiplied by ``residual_scale`` (3) before diffusion and divided after.
+
 **Conditioning augmentation** is what makes a cascade work on a base generator's imperfect samples:
 in training the low-resolution image is degraded (mild blur, then Gaussian noise at a random level
 ``s``), and ``s`` reaches the network through its class embedding (``class_embed_type="timestep"``, the
@@ -100,18 +106,24 @@ class UpsamplerPipeline(_pipeline_base()):
 
     def __init__(self, unet, scheduler, domain: str = "", scale: int = 2, base_resolution: int = 64,
                  noise_level: int = 0, max_noise_level: int = 100, num_inference_steps: int = 10,
-                 sampler: str = "dpmpp", start_log_snr: float = -4.0):
+                 sampler: str = "dpmpp", start_log_snr: float = -4.0, target: str = "residual",
+                 residual_scale: float = 3.0):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         # The recommended settings (chosen by measurement) travel with the weights.
         self.register_to_config(domain=domain, scale=int(scale), base_resolution=int(base_resolution),
                                 noise_level=int(noise_level), max_noise_level=int(max_noise_level),
                                 num_inference_steps=int(num_inference_steps), sampler=sampler,
-                                start_log_snr=float(start_log_snr))
+                                start_log_snr=float(start_log_snr), target=target,
+                                residual_scale=float(residual_scale))
 
     def sampling_settings(self) -> dict:
         """The recommended sampling settings recorded in the checkpoint."""
         return {k: self.config[k] for k in ("sampler", "num_inference_steps", "noise_level", "start_log_snr")}
+
+    def target_settings(self) -> dict:
+        """What the network predicts: "residual" (with its scale) or "image"."""
+        return {"target": self.config.get("target", "image"), "residual_scale": self.config.get("residual_scale", 1.0)}
 
     @property
     def channels(self) -> int:
@@ -172,11 +184,16 @@ class UpsamplerPipeline(_pipeline_base()):
         if gens is not None and len(gens) != n:
             raise MedsynthError(f"{len(gens)} generators for {n} images; give one per image or a single one")
         low = low.to(self.device, self.unet.dtype) * 2 - 1
+        residual = cfg.get("target", "image") == "residual"
+        scale = float(cfg.get("residual_scale", 1.0)) if residual else 1.0
         # Conditioning: the input degraded at the fixed level, then enlarged (as in training).
         cond_noise = randn_tensor(low.shape, generator=generator, device=self.device, dtype=low.dtype)
         levels = torch.full((n,), level, device=self.device, dtype=torch.long)
-        up = enlarge(degrade(low, levels, cond_noise) if level else low, self.scale)
+        base = enlarge(low, self.scale)
+        up = enlarge(degrade(low, levels, cond_noise), self.scale) if level else base
         scheduler = sampler_scheduler(sampler, self.scheduler.config, start)
+        if residual:  # the scaled residual is not an image in [-1, 1]: no clipping of its estimates
+            scheduler = type(scheduler).from_config(scheduler.config, thresholding=False, clip_sample=False)
         scheduler.set_timesteps(steps, device=self.device)
         lam = log_snr(self.scheduler.alphas_cumprod)
         if sampler in ("ddpm", "ddim"):
@@ -184,17 +201,18 @@ class UpsamplerPipeline(_pipeline_base()):
             scheduler.timesteps = scheduler.timesteps[keep.to(scheduler.timesteps.device)]
         alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         a0 = alphas_cumprod[int(scheduler.timesteps[0])].to(low.dtype)
-        # x_t0 ~ N(sqrt(a_t0) up, (1 - a_t0) I): the enlarged (clean) input under the first step's noise.
+        # x_t0 ~ N(sqrt(a_t0) m, (1 - a_t0) I): for a residual m = 0, else the enlarged input.
         noise = randn_tensor(up.shape, generator=generator, device=self.device, dtype=low.dtype)
-        clean_up = enlarge(low, self.scale)
-        x = a0.sqrt() * clean_up + (1 - a0).sqrt() * noise
+        x = (1 - a0).sqrt() * noise + (0 if residual else a0.sqrt() * base)
         total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
             model_in = torch.cat([scheduler.scale_model_input(x, t), up], dim=1)
             out = self.unet(model_in, t, class_labels=levels).sample
             if callback is not None:
-                callback(i, total, self._predict_clean(x, out, t, alphas_cumprod))
+                callback(i, total, self._predict_clean(x, out, t, alphas_cumprod, base if residual else None, scale))
             x = scheduler.step(out, t, x, generator=generator).prev_sample
+        if residual:
+            x = base + x / scale  # high = base + r / residual_scale
         result = (x.float() / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return result
@@ -218,12 +236,16 @@ class UpsamplerPipeline(_pipeline_base()):
             raise MedsynthError(f"expected uint8 images (N, H, W, C), got {array.dtype} of shape {array.shape}")
         return torch.from_numpy(array.copy()).permute(0, 3, 1, 2).float() / 255
 
-    def _predict_clean(self, x: torch.Tensor, out: torch.Tensor, t, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    def _predict_clean(self, x: torch.Tensor, out: torch.Tensor, t, alphas_cumprod: torch.Tensor,
+                       base: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+        """The current estimate of the output image in [0, 1] (for previews)."""
         a = alphas_cumprod[int(t)].float()
         if self.scheduler.config.prediction_type == "v_prediction":
             x0 = a.sqrt() * x.float() - (1 - a).sqrt() * out.float()  # x0 = sqrt(a) x_t - sqrt(1 - a) v
         else:
             x0 = (x.float() - (1 - a).sqrt() * out.float()) / a.sqrt()
+        if base is not None:
+            x0 = base.float() + x0 / scale
         return (x0 / 2 + 0.5).clamp(0, 1)
 
 

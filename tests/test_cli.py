@@ -208,7 +208,8 @@ def test_help_and_argument_errors_import_no_heavy_library():
         assert last.startswith("HEAVY [] EXIT"), (argv, last, out.stderr[-500:])
 
 
-@pytest.mark.parametrize("command,recipe", [("train-classifier", "ClassifierRecipe"), ("train-diffusion", "DiffusionRecipe")])
+@pytest.mark.parametrize("command,recipe", [("train-classifier", "ClassifierRecipe"), ("train-diffusion", "DiffusionRecipe"),
+                                            ("train-upsampler", "UpsamplerRecipe")])
 def test_every_recipe_field_is_one_option_and_every_option_a_field(command, recipe):
     """The training commands build their recipe from options named as its fields (recipes.recipe_options): a
     field without an option, or an option the recipe never receives, fails here."""

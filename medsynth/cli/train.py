@@ -225,6 +225,11 @@ def _add_train_upsampler(sub) -> None:
     g.add_argument("--layers-per-block", type=positive_int, default=R.layers_per_block, help="(default %(default)s)")
     g.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=R.prediction_type,
                    help="(default %(default)s)")
+    g.add_argument("--target", choices=["residual", "image"], default=R.target,
+                   help="what the network denoises: the residual the enlarged input lacks, scaled by "
+                   "--residual-scale (output = bicubic + residual), or the image itself (default %(default)s)")
+    g.add_argument("--residual-scale", type=float, default=R.residual_scale,
+                   help="factor on the residual before diffusion (default %(default)s)")
     g.add_argument("--max-noise-level", type=int, default=R.max_noise_level,
                    help="conditioning augmentation: the low-resolution input is noised at a random level "
                    "0..this of a 1000-level linear schedule (100: std 0.32 in [-1, 1]) (default %(default)s)")

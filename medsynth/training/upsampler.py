@@ -5,7 +5,8 @@ as everywhere), the domain's flips; each image's low-resolution version made as 
 training images were (bilinear with antialiasing, 8-bit levels), blurred for a share of the batch and
 noised at a random conditioning level ``s`` in 0..max_noise_level, then enlarged (bicubic); a random
 ``crop`` x ``crop`` window of the pair trains the network (it is convolutional, so whole images work at
-sampling). v-prediction on the cosine schedule with Min-SNR-gamma weights; EMA; AdamW with warm-up and
+sampling). The network denoises the scaled residual ``residual_scale * (high - base)``, ``base`` being the
+enlarged (blurred, not noised) low-resolution image (see ``medsynth.upsampler``). v-prediction on the cosine schedule with Min-SNR-gamma weights; EMA; AdamW with warm-up and
 cosine decay; all of it the shared loop's (``training.loop``). The split is ``train-diffusion``'s with the
 same ``--val-fraction`` and ``--seed``, so the base generator's held-out images stay unseen here too.
 
@@ -37,7 +38,8 @@ from .loop import flips, latest_checkpoint, save_png, train
 from .schedule import min_snr_weights
 
 #: Recorded options that ``--resume`` may not change (they define the network or its inputs).
-FIXED_ON_RESUME = ("domain", "scale", "base_resolution", "block_out_channels", "layers_per_block", "prediction_type")
+FIXED_ON_RESUME = ("domain", "scale", "base_resolution", "block_out_channels", "layers_per_block", "prediction_type",
+                   "target", "residual_scale")
 
 
 def random_blur(low: torch.Tensor, share: float) -> torch.Tensor:
@@ -76,18 +78,21 @@ class UpsamplerObjective:
         self.alphas_cumprod = noise_scheduler.alphas_cumprod
         self.export = export
 
-    def inputs(self, high: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-        """The network's conditioning channels for targets ``high`` in [-1, 1]: shrunk, blurred, noised at
-        ``levels``, enlarged."""
+    def inputs(self, high: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For targets ``high`` in [-1, 1]: the enlarged low-resolution image (shrunk, blurred for a share)
+        and the network's conditioning channels (the same, also noised at ``levels`` before enlarging)."""
         low = random_blur(shrink(high, self.recipe.scale), self.recipe.blur)
-        return enlarge(degrade(low, levels, torch.randn_like(low)), self.recipe.scale)
+        base = enlarge(low, self.recipe.scale)
+        return base, enlarge(degrade(low, levels, torch.randn_like(low)), self.recipe.scale)
 
     def loss(self, batch, model) -> torch.Tensor:
         high, _ = batch
         r = self.recipe
         levels = torch.randint(0, r.max_noise_level + 1, (high.shape[0],), device=high.device)  # s ~ U{0..max}
-        up = self.inputs(high, levels)
-        x0, cond = random_crops(high, up, r.crop)
+        base, up = self.inputs(high, levels)
+        # the diffused quantity: r = residual_scale * (high - base), or the image itself
+        target_image = (high - base) * r.residual_scale if r.target == "residual" else high
+        x0, cond = random_crops(target_image, up, r.crop)
         noise = torch.randn_like(x0)  # eps ~ N(0, I)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)  # x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
@@ -169,7 +174,7 @@ def train_upsampler(recipe: UpsamplerRecipe) -> dict:
         atomic.write_json(out / "split.json", {"train": [str(s.path) for s in train_samples],
                                                "val": [str(s.path) for s in val_samples]})
     settings = dict(domain=domain.key, scale=recipe.scale, base_resolution=recipe.base_resolution,
-                    max_noise_level=recipe.max_noise_level)
+                    max_noise_level=recipe.max_noise_level, target=recipe.target, residual_scale=recipe.residual_scale)
 
     def export(averaged, step: int, log_rows: list[dict], final: bool) -> None:
         # The recommended sampling settings of an earlier export (set by 'medsynth upsampler-settings'
