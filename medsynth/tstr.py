@@ -331,15 +331,23 @@ def synthetic_set(config: TSTRConfig, run: Path, log: Callable[[str], None]) -> 
     pipe = load_pipeline(config.diffusion, resolve_device(config.device if config.device != "auto" else None))
     if pipe.config.domain != config.domain:
         raise MedsynthError(f"--diffusion {config.diffusion} is a {pipe.config.domain!r} model, not {config.domain!r}")
+    from .upsampler import check_cascade, load_upsampler, named_upsampler, upsample_settings
+
+    stage_path = named_upsampler(config.diffusion)  # the cascade's second stage, as generate uses it
+    stage = load_upsampler(stage_path, pipe.device) if stage_path is not None else None
+    if stage is not None:
+        check_cascade(pipe, stage, stage_path)
     n = config.synthetic_per_class
     jobs = [(c, config.synthetic_seed + i * n + j) for i, c in enumerate(pipe.classes) for j in range(n)]
-    log(f"drawing {len(jobs)} synthetic images from {config.diffusion} ({config.sampler}, {config.steps} steps)")
+    log(f"drawing {len(jobs)} synthetic images from {config.diffusion} ({config.sampler}, {config.steps} steps"
+        + (f", enlarged by {stage_path})" if stage is not None else ")"))
     with atomic.atomic_dir(folder) as tmp:
         summary = generate_to_folder(pipe, jobs, tmp, config.sampler, config.steps, config.guidance, labelled=True,
-                                     progress=True, start_from=config.start_from)
+                                     progress=True, start_from=config.start_from, upsampler=stage)
         write_provenance(tmp, config.diffusion, pipe, n_per_class=n, sampler=config.sampler, steps=config.steps,
                          guidance=config.guidance, seed=config.synthetic_seed, start_from=config.start_from,
-                         seconds=summary["seconds"])
+                         seconds=summary["seconds"],
+                         upsampler=upsample_settings(stage, stage_path) if stage is not None else None)
     return folder
 
 

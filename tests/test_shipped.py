@@ -43,7 +43,7 @@ def test_budget_and_safetensors_only():
         pytest.skip("no checkpoints shipped yet")
     files = [p for p in CHECKPOINTS.rglob("*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
-    assert total < 150 * MB, f"checkpoints/ holds {total / MB:.1f} MB; the budget is 150 MB"
+    assert total < 200 * MB, f"checkpoints/ holds {total / MB:.1f} MB; the budget is 200 MB"
     for p in files:
         assert p.stat().st_size <= 45 * MB, f"{p} is {p.stat().st_size / MB:.1f} MB; no file may exceed 45 MB"
         assert p.suffix not in {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}, f"{p}: weights must be safetensors"

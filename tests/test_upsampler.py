@@ -272,3 +272,20 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "up" / "train_summary.json").read_text())["steps"] == 3
     _refused(args + ["--crop", "17", "--out", str(tmp_path / "bad")], "--crop must be at least 16 px and divisible by 2",
              capsys)
+
+
+def test_the_cascade_command_names_and_removes_the_stage(cascade, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "diffusion"
+    shutil.copytree(cascade / "plain", folder)
+    assert named_upsampler(folder) is None
+    assert main(["cascade", "--diffusion", str(folder), "--upsampler", str(cascade / "upsampler"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resolution"] == 32
+    assert named_upsampler(folder).resolve() == (cascade / "upsampler").resolve()
+    assert not Path(json.loads((folder / "cascade.json").read_text())["upsampler"]).is_absolute()
+    save_upsampler(_stage("brain_mri"), tmp_path / "brain_up")
+    _refused(["cascade", "--diffusion", str(folder), "--upsampler", str(tmp_path / "brain_up")],
+             "upsamples brain_mri images, but the generator makes covid_ct images", capsys)
+    assert main(["cascade", "--diffusion", str(folder), "--none"]) == 0
+    assert named_upsampler(folder) is None

@@ -280,6 +280,40 @@ def _cmd_train_upsampler(args) -> int:
     return 0
 
 
+def _add_cascade(sub) -> None:
+    p = sub.add_parser(
+        "cascade",
+        help="name the upsampler a diffusion checkpoint hands its images to (its cascade.json)",
+        description="Write DIFFUSION/cascade.json naming UPSAMPLER (as a path relative to DIFFUSION), after checking "
+        "that the pair fits (domain, channels, size). generate, the app and tstr --diffusion then write the "
+        "upsampler's resolution by default. --none removes the record, so the generator works alone again.",
+    )
+    p.add_argument("--diffusion", required=True, help="diffusion checkpoint folder")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--upsampler", help="upsampler checkpoint folder (train-upsampler)")
+    g.add_argument("--none", action="store_true", help="remove the cascade record")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_cmd_cascade)
+
+
+def _cmd_cascade(args) -> int:
+    from ..diffusion import load_pipeline
+    from ..upsampler import CASCADE_FILE, check_cascade, load_upsampler, name_upsampler
+
+    folder = Path(args.diffusion)
+    if args.none:
+        (folder / CASCADE_FILE).unlink(missing_ok=True)
+        return report(args, {"diffusion": str(folder), "upsampler": None}, f"{folder} generates alone now")
+    pipe = load_pipeline(folder)
+    stage = load_upsampler(args.upsampler)
+    check_cascade(pipe, stage, args.upsampler)
+    path = name_upsampler(folder, args.upsampler)
+    size = pipe.unet.config.sample_size
+    return report(args, {"diffusion": str(folder), "upsampler": str(args.upsampler), "file": str(path),
+                         "resolution": size * stage.scale},
+                  f"wrote {path}: {folder} now generates {size * stage.scale}-px images through {args.upsampler}")
+
+
 def _add_training_stats(sub, name: str, help: str, description: str, func) -> None:
     """A command that adds to a diffusion checkpoint what train-diffusion records from its training images."""
     p = sub.add_parser(name, help=help, description=description)
@@ -371,6 +405,7 @@ def register(sub) -> None:
     _add_train_classifier(sub)
     _add_train_diffusion(sub)
     _add_train_upsampler(sub)
+    _add_cascade(sub)
     _add_class_means(sub)
     _add_start_prior(sub)
     _add_card(sub)
