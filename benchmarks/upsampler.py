@@ -12,6 +12,8 @@ Three measurements, each written as JSON under benchmarks/results/upsampler/:
            with --write the choice becomes the checkpoint's recommended settings. Rule (fixed before any run):
            the lowest FD; a setting with fewer steps wins when its FD is within 2 % of the lowest.
 ``speed``  Seconds for 8 images with the shipped recipe on this machine: base and stage apart, best of 3.
+``card``   Writes the recorded results into the upsampler's model card and the cascade section into the
+           diffusion card.
 
     python benchmarks/upsampler.py real --domain covid_ct --data ../shared/data/covid_ct
     python benchmarks/upsampler.py select --domain covid_ct --data ../shared/data/covid_ct --write
@@ -217,15 +219,72 @@ def cmd_speed(args) -> dict:
             "all_base": base_times, "all_stage": stage_times}
 
 
+MEASURED = "## Measured against bicubic enlargement"
+CASCADE = "## Cascade"
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['mean']:.2f} ± {m['se']:.2f}" if m.get("se") is not None else f"{m['mean']:.2f}"
+
+
+def cmd_card(args) -> dict:
+    """The measured sections of the upsampler's card and the diffusion card's cascade section, from the
+    recorded results (real_/select_/speed_<domain>.json)."""
+    from medsynth.cards.render import replace_section
+
+    up = Path(args.upsampler or ROOT / "checkpoints" / args.domain / "upsampler")
+    found = {k: json.loads((OUT / f"{k}_{args.domain}.json").read_text())
+             for k in ("real", "select", "speed", "audit", "tstr") if (OUT / f"{k}_{args.domain}.json").is_file()}
+    lines = [MEASURED, ""]
+    if "real" in found:
+        r = found["real"]
+        m = r["methods"]
+        lines += [f"On the {r['n']} held-out real images of the generator's split (never trained on), reduced to "
+                  f"{r['base']} px as the generator's training images were and enlarged back to {r['size']} px "
+                  f"(`python benchmarks/upsampler.py real --domain {args.domain} ...`, settings "
+                  f"{r['settings']['sampler']} {r['settings']['num_inference_steps']} steps, noise level "
+                  f"{r['settings']['noise_level']}, seed {r['seed']}):", "",
+                  "| | PSNR (dB) | SSIM | FD-Lite0 to the originals | FD in the real CNN's features | real CNN accuracy |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |",
+                  f"| original {r['size']} px | | | | | {m['original']['cnn_accuracy']:.4f} |"]
+        for name, label in (("bicubic", "bicubic"), ("stage", "this upsampler")):
+            x = m[name]
+            lines.append(f"| {label} | {_fmt(x['psnr'])} | {x['ssim']['mean']:.4f} ± {x['ssim']['se']:.4f} | "
+                         f"{x['fd_lite0']:.2f} | {x['fd_cnn']:.2f} | {x['cnn_accuracy']:.4f} |")
+        lines += ["", "PSNR and SSIM reward the average of the plausible images (bicubic is close to it); the "
+                  "feature distances and the CNN's accuracy say whether the detail added looks like real detail.", ""]
+    if "select" in found:
+        c = found["select"]["chosen"]
+        lines += [f"Sampling settings chosen on {found['select']['n_samples']} base-generator samples (seeds "
+                  f"900000+, used by nothing else) by FD-Lite0 against {found['select']['n_real']} real training "
+                  f"images at {found['select']['size']} px: {c['steps']} steps, noise level {c['noise_level']}, "
+                  f"start log-SNR {c['start_log_snr']} (FD {c['fd_lite0']:.2f}; bicubic "
+                  f"{next(r['fd_lite0'] for r in found['select']['rows'] if r['method'] == 'bicubic'):.2f}). "
+                  "Every setting tried is in `benchmarks/results/upsampler/`.", ""]
+    if "speed" in found:
+        sp = found["speed"]
+        lines += [f"Speed, 8 images on this project's 2-core CPU ({sp['threads']} torch threads, best of 3): base "
+                  f"{sp['base_seconds']:.1f} s, this stage {sp['stage_seconds']:.1f} s, "
+                  f"{sp['total_seconds']:.1f} s in all.", ""]
+    text = (up / "README.md").read_text()
+    atomic.write_text(up / "README.md", replace_section(text, MEASURED, "\n".join(lines)))
+    diff = ROOT / "checkpoints" / args.domain / "diffusion" / "README.md"
+    cascade = [CASCADE, "", "This generator's `cascade.json` names `../upsampler`: `generate`, the app and "
+               "`tstr --diffusion` hand its 64-px images to that super-resolution stage and write 128-px images "
+               "(`generate --resolution 64` keeps this model alone). The stage's card has its measurements.", ""]
+    atomic.write_text(diff, replace_section(diff.read_text(), CASCADE, "\n".join(cascade)))
+    return {"upsampler_card": str(up / "README.md"), "diffusion_card": str(diff), "sections": sorted(found)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("real", "select", "speed"):
+    for name in ("real", "select", "speed", "card"):
         q = sub.add_parser(name)
         q.add_argument("--domain", required=True)
         q.add_argument("--upsampler", default=None, help="default: checkpoints/<domain>/upsampler")
         q.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/upsampler/<cmd>_<domain>.json)")
-        if name != "speed":
+        if name in ("real", "select"):
             q.add_argument("--data", required=True)
     real, select = sub.choices["real"], sub.choices["select"]
     real.add_argument("--steps", type=int, default=None)
@@ -239,7 +298,10 @@ def main() -> None:
     select.add_argument("--start-grid", type=lambda s: [float(v) for v in s.split(",")], default=[-4.0])
     select.add_argument("--write", action="store_true", help="record the choice in the upsampler's model_index.json")
     args = p.parse_args()
-    result = {"real": cmd_real, "select": cmd_select, "speed": cmd_speed}[args.cmd](args)
+    result = {"real": cmd_real, "select": cmd_select, "speed": cmd_speed, "card": cmd_card}[args.cmd](args)
+    if args.cmd == "card":
+        print(json.dumps(result))
+        return
     out = Path(args.out) if args.out else OUT / f"{args.cmd}_{args.domain}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out, result)

@@ -186,13 +186,21 @@ def train_upsampler(recipe: UpsamplerRecipe) -> dict:
         grid = comparison_grid(pipe, val_show)
         save_png(grid, out / "samples" / f"step_{step:07d}.png")
         save_png(grid, out / "sample_grid.png")
-        from ..cards.render import upsampler_card
+        from ..cards.render import replace_section, upsampler_card
 
-        atomic.write_text(out / "README.md", upsampler_card(domain, recipe, {
+        card = upsampler_card(domain, recipe, {
             "step": step, "seconds": time.time() - started, "hardware": hardware, "n_train": len(train_samples),
             "n_val": len(val_samples), "parameters": sum(p.numel() for p in averaged.parameters()), "final": final,
             "resumed_at_steps": resumed_at, "sampling": pipe.sampling_settings(),
-        }, log_rows))
+        }, log_rows)
+        # sections measured after training (benchmarks/upsampler.py card) survive a resumed run's re-export
+        previous = (out / "README.md").read_text() if (out / "README.md").is_file() else ""
+        for heading in ("## Measured against bicubic enlargement",):
+            start = previous.find(heading + "\n")
+            if start >= 0:
+                end = previous.find("\n## ", start + len(heading))
+                card = replace_section(card, heading, previous[start:end + 1 if end >= 0 else None])
+        atomic.write_text(out / "README.md", card)
 
     objective = UpsamplerObjective(unet, recipe, noise_scheduler, export)
     state = train(objective, loader, recipe, out, accelerator, resume_from, model_file="unet.safetensors")
