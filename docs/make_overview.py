@@ -6,7 +6,10 @@ Real images: ``examples/<domain>/*.jpg``. Synthetic images: the audited sets dra
 diffusion models, ``runs/audit_syn/<domain>/<class>/*.png``, taking the first files of each class in
 name (that is, seed) order. Where that folder is missing (or with ``--draw``), the samples are drawn here from
 ``checkpoints/<domain>/diffusion`` with the recipe of its ``audit.json`` (seeded, so the picture is
-reproducible; a few minutes on a CPU). Small images are enlarged with nearest-neighbour pixels.
+reproducible; a few minutes on a CPU). Where the diffusion checkpoint names an upsampler (``cascade.json``,
+the shipped cascade), the samples are enlarged by it as ``generate`` does (each with a fresh generator of
+its seed); ``--resolution 64`` shows the base generator alone. Small images are enlarged with
+nearest-neighbour pixels.
 """
 
 from __future__ import annotations
@@ -83,6 +86,24 @@ def synthetic_images(domain: str, n: int, seed: int, draw: bool = False) -> tupl
     return [(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), c) for a, c in zip(arrays, labels)], "drawn"
 
 
+def through_cascade(domain: str, images: list[tuple[Image.Image, str]], seed: int) -> tuple[list, str]:
+    """The samples enlarged by the upsampler the generator names, or unchanged (and why) without one."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from medsynth.upsampler import load_upsampler, named_upsampler
+
+    path = named_upsampler(ROOT / "checkpoints" / domain / "diffusion")
+    if path is None:
+        return images, "base generator, no upsampler"
+    stage = load_upsampler(path)
+    arrays = np.stack([np.array(im.convert("L" if stage.channels == 1 else "RGB")).reshape(
+        im.size[1], im.size[0], stage.channels) for im, _ in images])
+    high = stage(arrays, generator=[torch.Generator().manual_seed(seed + i) for i in range(len(images))])
+    return ([(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), c) for a, (_, c) in zip(high, images)],
+            f"enlarged by {path.relative_to(ROOT)}")
+
+
 def font(size: int):
     for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
         try:
@@ -98,11 +119,16 @@ def main() -> None:
     parser.add_argument("--per-row", type=int, default=4, help="synthetic images per domain")
     parser.add_argument("--seed", type=int, default=0, help="seed of image i is SEED+i when drawing")
     parser.add_argument("--draw", action="store_true", help="draw the samples now even where runs/audit_syn exists")
+    parser.add_argument("--resolution", type=int, choices=[64, 128], default=128,
+                        help="128: through each generator's upsampler, where it names one; 64: the base alone")
     args = parser.parse_args()
 
     rows = []
     for domain in DOMAINS:
         syn, source = synthetic_images(domain, args.per_row, args.seed, args.draw)
+        if args.resolution == 128:
+            syn, stage = through_cascade(domain, syn, args.seed)
+            source += f", {stage}"
         rows.append((domain, real_images(domain), syn))
         print(f"{domain}: {len(rows[-1][1])} real, {len(syn)} synthetic ({source})")
     n_real = max(len(r[1]) for r in rows)
@@ -118,7 +144,10 @@ def main() -> None:
     x_real = ROW_TITLE_W
     x_syn = ROW_TITLE_W + n_real * (TILE + GAP) + sep
     draw.text((x_real, 4), "real (examples/)", fill="black", font=f_head)
-    draw.text((x_syn, 4), "synthetic (shipped diffusion models, 64 px)", fill="black", font=f_head)
+    size = max(im.size[0] for _, _, syn in rows for im, _ in syn)
+    title = ("synthetic (shipped cascade: 64-px generator + upsampler, 128 px)" if size >= 128
+             else f"synthetic (shipped diffusion models, {size} px)")
+    draw.text((x_syn, 4), title, fill="black", font=f_head)
     for r, (domain, real, syn) in enumerate(rows):
         y = HEADER_H + r * row_h
         draw.text((6, y + TILE // 2 - 8), domain, fill="black", font=f_row)

@@ -87,6 +87,39 @@ def test_classifier_loads_and_classifies(key, part):
 
 
 @pytest.mark.parametrize("key", sorted(DOMAINS))
+def test_upsampler_is_named_by_the_generator_loads_and_enlarges(key):
+    """The cascade's second stage: fp16 weights, named by the generator's cascade.json, measured on its card."""
+    from safetensors import safe_open
+
+    from medsynth.diffusion import load_pipeline
+    from medsynth.upsampler import check_cascade, load_upsampler, named_upsampler
+
+    folder = shipped(key) / "upsampler"
+    if not folder.is_dir():
+        pytest.skip(f"no upsampler shipped for {key} yet")
+    domain = DOMAINS[key]
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+    stage = load_upsampler(folder)
+    pipe = load_pipeline(shipped(key) / "diffusion")
+    assert named_upsampler(shipped(key) / "diffusion").resolve() == folder.resolve()
+    check_cascade(pipe, stage)
+    import torch
+
+    low = pipe([domain.classes[0]], num_inference_steps=2, sampler="dpmpp", generator=[torch.Generator().manual_seed(0)])
+    high = stage(low, num_inference_steps=2, generator=[torch.Generator().manual_seed(0)])
+    size = pipe.unet.config.sample_size * stage.scale
+    assert high.shape == (1, size, size, domain.channels) and high.dtype == np.uint8
+    text = (folder / "README.md").read_text()
+    header = yaml.safe_load(text.split("---\n", 2)[1])
+    assert header["library_name"] == "diffusers" and header["license"] and "super-resolution" in header["tags"]
+    assert "## Measured against bicubic enlargement" in text and "PSNR" in text
+    assert "## Cascade" in (shipped(key) / "diffusion" / "README.md").read_text()
+    assert json.loads((folder / "split.json").read_text())["val"] == json.loads(
+        (shipped(key) / "diffusion" / "split.json").read_text())["val"]
+
+
+@pytest.mark.parametrize("key", sorted(DOMAINS))
 def test_diffusion_loads_and_generates(key):
     from safetensors import safe_open
 
