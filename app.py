@@ -248,15 +248,12 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         return int(evt.index)
 
     def send_to_classify(generated, selected):
-        """The selected generated image, saved as a PNG, becomes the Classify tab's file."""
-        from PIL import Image
-
+        """The selected generated image, saved as a PNG (marked as synthetic), becomes the Classify tab's file."""
         items = (generated or {}).get("items") or []
         if not items:
             raise gr.Error("generate images first")
         item = items[min(max(int(selected or 0), 0), len(items) - 1)]  # a selection from an older gallery is clamped
-        path = Path(tempfile.mkdtemp(dir=downloads)) / f"generated_{item.class_name}_seed{item.seed}.png"
-        Image.fromarray(service.to_display(item.image)).save(path)
+        path = item.save_png(Path(tempfile.mkdtemp(dir=downloads)) / f"generated_{item.class_name}_seed{item.seed}.png")
         return str(path), gr.update(value=generated["domain"]), gr.Tabs(selected="classify")
 
     def show_view(image, domain, classifier):
@@ -276,7 +273,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
     @_user_error
     def do_classify(image, domain=default_domain, classifier=default_kind):
         probs, verdict = service.assess(store, image, domain, classifier)
-        return probs, service.summary_line(classifier, probs, verdict)
+        return probs, service.summary_line(classifier, probs, verdict, image)
 
     @_user_error
     def do_explain(image, domain=default_domain, classifier=default_kind, lime_seed=0, progress=gr.Progress()):

@@ -61,8 +61,10 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
                    checkpoint: str | Path | None = None) -> list[dict]:
     """Per file: the top class, its probability, every class probability and the out-of-domain guard's
     verdict (``in_domain``: true, false, or null where no reference is found beside ``checkpoint`` or in
-    the folder above it; ``out_of_domain``: the verdict with its score, threshold and note)."""
+    the folder above it; ``out_of_domain``: the verdict with its score, threshold and note; ``synthetic``:
+    what the file's synthetic-image mark says (``synthetic.marking.read_marking``), or null)."""
     from . import ood
+    from .synthetic.marking import read_marking
 
     images = [load_image(f, clf.config.channels) for f in files]
     probs = clf.predict_proba(images, batch_size=batch_size)
@@ -78,5 +80,6 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
             "probabilities": {c: float(v) for c, v in zip(clf.classes, p)},
             "in_domain": verdict["in_domain"],
             "out_of_domain": verdict,
+            "synthetic": read_marking(path),
         })
     return results

@@ -215,6 +215,14 @@ class Generated:
     image: np.ndarray  # uint8 (H, W, C)
     class_name: str
     seed: int
+    marks: dict | None = None  # the synthetic-image marking fields (synthetic.marking) its PNG carries
+
+    def save_png(self, path: str | Path) -> Path:
+        """The image as a PNG marked as synthetic (IPTC trainedAlgorithmicMedia + medsynth provenance)."""
+        from .synthetic.marking import save_marked_png
+
+        save_marked_png(self.image, path, **(self.marks or {"class": self.class_name, "seed": self.seed}))
+        return Path(path)
 
     @property
     def caption(self) -> str:
@@ -326,7 +334,13 @@ def generate(
         if on_stage is not None:
             on_stage("upsampler", int(pipe.unet.config.sample_size) * stage.scale)
         images = stage(images, generator=[torch.Generator().manual_seed(s) for _, s in jobs], callback=callback)
-    return [Generated(img, c, s) for img, (c, s) in zip(images, jobs)]
+    size = int(images.shape[1])
+    common = dict(generator=f"{get_domain(domain).key}/{model}", domain=get_domain(domain).key, sampler=sampler,
+                  steps=int(steps), guidance=float(guidance), start=start_from or "mean", resolution=size,
+                  upsampler=f"{get_domain(domain).key}/{model}/cascade.json" if stage is not None else None,
+                  upsample_steps=stage.config.num_inference_steps if stage is not None else None,
+                  upsample_noise=stage.config.noise_level if stage is not None else None)
+    return [Generated(img, c, s, {**common, "class": c, "seed": s}) for img, (c, s) in zip(images, jobs)]
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -335,10 +349,9 @@ def to_display(image: np.ndarray) -> np.ndarray:
 
 
 def write_zip(items: list[Generated], path: str | Path, domain: str) -> Path:
-    """All images as PNGs plus labels.csv (file, class, seed), written atomically."""
-    from PIL import Image
-
+    """All images as PNGs marked as synthetic, plus labels.csv (file, class, seed), written atomically."""
     from . import atomic
+    from .synthetic.marking import png_info
 
     path = Path(path)
     with atomic.atomic_path(path) as tmp:
@@ -348,8 +361,11 @@ def write_zip(items: list[Generated], path: str | Path, domain: str) -> Path:
             writer.writerow(["file", "class", "seed", "domain"])
             for item in items:
                 name = f"{item.class_name}/{item.class_name}_{item.seed:06d}.png"
+                from PIL import Image
+
                 buf = io.BytesIO()
-                Image.fromarray(to_display(item.image)).save(buf, format="PNG")
+                marks = item.marks or {"class": item.class_name, "seed": item.seed, "domain": domain}
+                Image.fromarray(to_display(item.image)).save(buf, format="PNG", pnginfo=png_info(**marks))
                 zf.writestr(name, buf.getvalue())
                 writer.writerow([name, item.class_name, item.seed, domain])
             zf.writestr("labels.csv", rows.getvalue())
@@ -418,9 +434,19 @@ def classify(store: ModelStore, source, domain: str, kind: str) -> dict[str, flo
     return assess(store, source, domain, kind)[0]
 
 
-def summary_line(kind: str, probs: dict[str, float], verdict: dict) -> str:
+def synthetic_note(source) -> str:
+    """A Markdown line when the uploaded file says it is synthetic (medsynth's or an IPTC XMP mark), else ""."""
+    from .synthetic.marking import describe, read_marking
+
+    if not isinstance(source, (str, os.PathLike)):
+        return ""
+    marking = read_marking(source)
+    return f"\n\n**Synthetic image:** {describe(marking)}." if marking else ""
+
+
+def summary_line(kind: str, probs: dict[str, float], verdict: dict, source=None) -> str:
     top = max(probs, key=probs.get)
-    return f"{kind} classifier: **{top}** ({probs[top]:.1%}).\n\n{domain_note(verdict)}"
+    return f"{kind} classifier: **{top}** ({probs[top]:.1%}).\n\n{domain_note(verdict)}{synthetic_note(source)}"
 
 
 def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 0,
@@ -435,7 +461,7 @@ def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 
     probs, verdict = assess(store, source, domain, kind)
     cam = explain(image, clf, "gradcam")
     lime = explain(image, clf, "lime", seed=seed, progress=progress)
-    summary = (summary_line(kind, probs, verdict)
+    summary = (summary_line(kind, probs, verdict, source)
                + f" LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s (both explain **{lime.target_class}**).")
     return probs, upscale_for_display(lime.overlay), upscale_for_display(cam.overlay), summary
 

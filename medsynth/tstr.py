@@ -343,7 +343,8 @@ def synthetic_set(config: TSTRConfig, run: Path, log: Callable[[str], None]) -> 
         + (f", enlarged by {stage_path})" if stage is not None else ")"))
     with atomic.atomic_dir(folder) as tmp:
         summary = generate_to_folder(pipe, jobs, tmp, config.sampler, config.steps, config.guidance, labelled=True,
-                                     progress=True, start_from=config.start_from, upsampler=stage)
+                                     progress=True, start_from=config.start_from, upsampler=stage,
+                                     checkpoint=config.diffusion, upsampler_path=stage_path)
         write_provenance(tmp, config.diffusion, pipe, n_per_class=n, sampler=config.sampler, steps=config.steps,
                          guidance=config.guidance, seed=config.synthetic_seed, start_from=config.start_from,
                          seconds=summary["seconds"],

@@ -335,7 +335,7 @@ def named_upsampler(diffusion_checkpoint: str | Path) -> Path | None:
                             '{"upsampler": "../upsampler"}') from None
     if not name:
         return None
-    target = Path(name) if Path(name).is_absolute() else (folder / name)
+    target = Path(os.path.normpath(Path(name) if Path(name).is_absolute() else (folder / name)))
     if not (target / "model_index.json").is_file():
         raise MedsynthError(f"{path} names the upsampler {name!r}, but {target} holds no checkpoint; restore it, "
                             "or pass --resolution with the base generator's size to generate without it")

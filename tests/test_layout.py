@@ -16,7 +16,7 @@ LAYERS = [
     ["medsynth", "errors", "atomic", "domains", "recipes", "hardware", "metrics", "fidelity", "memorization",
      "training.schedule", "training", "cards", "synthetic"],
     ["io", "transforms"],
-    ["data", "classify", "diffusion", "upsampler", "synthetic.provenance", "cards.render"],
+    ["data", "classify", "diffusion", "upsampler", "synthetic.provenance", "synthetic.marking", "cards.render"],
     ["features", "explain", "training.loop", "synthetic.generate", "synthetic.upsample", "synthetic.merge", "synthetic.curate"],
     ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],
     ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs"],

@@ -402,3 +402,53 @@ def test_provenance_counts_steps_over_the_init_from_chain():
     # a base whose own summary was unreadable records only its path: its steps count as unknown (0)
     assert total_training_steps({"steps": 500, "base": {"path": "gone"}}) == 500
     assert total_training_steps({}) is None
+
+
+def test_generated_pngs_say_they_are_synthetic_and_inspect_and_classify_read_it(tmp_path, pipe, trained_tiny,
+                                                                               capsys):
+    """IPTC trainedAlgorithmicMedia in XMP and medsynth's own text chunks, read back by inspect and classify."""
+    from PIL import Image
+
+    from medsynth.diffusion import save_pipeline
+    from medsynth.synthetic.marking import DIGITAL_SOURCE_TYPE, read_marking
+
+    save_pipeline(pipe, tmp_path / "p")
+    assert main(["generate", "--checkpoint", str(tmp_path / "p"), "--class", "covid", "--n", "1", "--steps", "2",
+                 "--seed", "4", "--guidance", "2", "--out", str(tmp_path / "g")]) == 0
+    png = tmp_path / "g" / "covid_000004.png"
+    with Image.open(png) as img:
+        assert DIGITAL_SOURCE_TYPE in img.text["XML:com.adobe.xmp"]
+        assert img.text["medsynth:synthetic"] == "true" and img.text["medsynth:seed"] == "4"
+    marking = read_marking(png)
+    assert marking["by"] == "medsynth" and marking["class"] == "covid" and marking["guidance"] == "2.0"
+    assert marking["generator"] == str(tmp_path / "p") and marking["domain"] == "covid_ct"
+    capsys.readouterr()
+    real = tmp_path / "real.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(real)
+    assert main(["inspect", str(png), str(real), "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["synthetic"] for x in lines] == [True, False] and lines[0]["marking"]["seed"] == "4"
+    assert main(["inspect", str(png)]) == 0
+    assert "synthetic covid_ct image; class covid" in capsys.readouterr().out
+    checkpoint, _ = trained_tiny
+    assert main(["classify", "--checkpoint", str(checkpoint), str(png), str(real), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert results[0]["synthetic"]["seed"] == "4" and results[1]["synthetic"] is None
+
+
+def test_the_app_summary_and_zip_carry_the_mark(tmp_path):
+    import zipfile
+
+    from medsynth import service
+    from medsynth.synthetic.marking import read_marking
+
+    item = service.Generated(np.zeros((16, 16, 1), np.uint8), "covid", 3,
+                             {"generator": "covid_ct/diffusion", "domain": "covid_ct", "class": "covid", "seed": 3})
+    png = item.save_png(tmp_path / "g.png")
+    line = service.summary_line("real-trained", {"covid": 0.7, "non_covid": 0.3}, {"in_domain": True}, str(png))
+    assert "**Synthetic image:** synthetic covid_ct image; class covid" in line
+    assert "Synthetic" not in service.summary_line("real-trained", {"covid": 1.0}, {"in_domain": True}, None)
+    service.write_zip([item], tmp_path / "z.zip", "covid_ct")
+    with zipfile.ZipFile(tmp_path / "z.zip") as zf:
+        zf.extract("covid/covid_000003.png", tmp_path / "unzipped")
+    assert read_marking(tmp_path / "unzipped" / "covid" / "covid_000003.png")["seed"] == "3"

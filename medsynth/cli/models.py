@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from ..domains import DOMAINS
 from ..errors import MedsynthError
@@ -83,7 +84,38 @@ def _cmd_classify(args) -> int:
     for r in results:
         probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
         flag = "" if r["in_domain"] is not False else "   OUT OF DOMAIN: " + r["out_of_domain"]["note"]
+        if r.get("synthetic"):
+            from ..synthetic.marking import describe
+
+            flag += "   SYNTHETIC: " + describe(r["synthetic"])
         print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]{flag}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="say whether image files are marked as synthetic (medsynth provenance or IPTC XMP), and by what",
+        description="Read the synthetic-image marks of each FILE: medsynth's PNG text chunks (generator, domain, "
+        "class, seed, sampler, steps, guidance, upsampler, version) and the XMP IPTC digital source type "
+        "trainedAlgorithmicMedia that content-credential tools read. Exit code 0 whether or not a file is marked.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON line per file: {file, synthetic, marking}")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args) -> int:
+    from ..synthetic.marking import describe, read_marking
+
+    for name in args.files:
+        if not Path(name).is_file():
+            raise MedsynthError(f"{name}: no such file")
+        marking = read_marking(name)
+        if args.json:
+            print(json.dumps({"file": name, "synthetic": bool(marking), "marking": marking}))
+        else:
+            print(f"{name}: {describe(marking)}")
     return 0
 
 
@@ -190,5 +222,6 @@ def register(sub) -> None:
     _add_evaluate(sub)
     _add_classify(sub)
     _add_explain(sub)
+    _add_inspect(sub)
     _add_ood_fit(sub)
     _add_domains(sub)

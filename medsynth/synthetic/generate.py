@@ -39,6 +39,8 @@ def generate_to_folder(
     start_from: str = "mean",
     upsampler=None,
     upsample: dict | None = None,
+    checkpoint: str | Path | None = None,
+    upsampler_path: str | Path | None = None,
 ) -> dict:
     """Generate one image per (class name, seed) job and save PNGs; returns the summary of docs/cli.md.
 
@@ -46,9 +48,11 @@ def generate_to_folder(
     ``upsample`` = {"num_inference_steps", "noise_level"} (None: the checkpoint's recommended values).
 
     ``labelled``: write ``out/<class>/<class>_<seed>.png`` (a dataset for train-classifier),
-    else ``out/<class>_<seed>.png``. ``labels.csv`` (file, class, seed) lists every image.
+    else ``out/<class>_<seed>.png``. ``labels.csv`` (file, class, seed) lists every image. Every PNG is
+    marked as synthetic (``synthetic.marking``: IPTC trainedAlgorithmicMedia and the generation settings,
+    ``checkpoint`` and ``upsampler_path`` naming the models).
     """
-    from PIL import Image
+    from .marking import save_marked_png
 
     if batch_size < 1:
         raise MedsynthError(f"batch size must be at least 1, got {batch_size}")
@@ -59,6 +63,14 @@ def generate_to_folder(
     rows: list[tuple[str, str, int]] = []
     started = time.time()
     stage = f" + upsampler x{upsampler.scale}" if upsampler is not None else ""
+    settings = upsample or {}
+    marks = dict(generator=str(checkpoint) if checkpoint else None, domain=pipe.config.get("domain") or None,
+                 sampler=sampler, steps=int(steps), guidance=float(guidance), start=start_from,
+                 resolution=int(pipe.unet.config.sample_size) * (upsampler.scale if upsampler is not None else 1),
+                 upsampler=str(upsampler_path or "upsampler") if upsampler is not None else None,
+                 upsample_steps=settings.get("num_inference_steps", upsampler.config.num_inference_steps)
+                 if upsampler is not None else None,
+                 upsample_noise=settings.get("noise_level", upsampler.config.noise_level) if upsampler is not None else None)
     bar = tqdm(total=len(jobs), desc=f"generating ({sampler}, {steps} steps{stage})", unit="img", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
@@ -71,8 +83,7 @@ def generate_to_folder(
             images = upsampler(images, generator=stage_generators, **(upsample or {}))
         for (cls, seed), array in zip(chunk, images):
             rel = Path(cls) / f"{cls}_{seed:06d}.png" if labelled else Path(f"{cls}_{seed:06d}.png")
-            img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-            atomic.write_with(out / rel, lambda tmp, img=img: img.save(tmp, format="PNG"))
+            save_marked_png(array, out / rel, **marks, **{"class": cls, "seed": seed})
             files.append(str(out / rel))
             rows.append((str(rel), cls, seed))
         bar.update(len(chunk))
@@ -147,7 +158,8 @@ def generate_set(pipe: ClassConditionalPipeline, jobs: Sequence[tuple[str, int]]
         summary = generate_to_folder(pipe, jobs[state.process_index :: world], out, sampler, steps, guidance,
                                      batch_size, labelled=labelled, progress=progress and state.is_main_process,
                                      labels_name=f"labels.{state.process_index}.csv", start_log_snr=start_log_snr,
-                                     start_from=start_from, upsampler=upsampler, upsample=upsample)
+                                     start_from=start_from, upsampler=upsampler, upsample=upsample,
+                                     checkpoint=checkpoint, upsampler_path=upsampler_path)
         state.wait_for_everyone()
         if not state.is_main_process:
             return None
@@ -159,7 +171,8 @@ def generate_set(pipe: ClassConditionalPipeline, jobs: Sequence[tuple[str, int]]
     else:
         summary = generate_to_folder(pipe, jobs, out, sampler, steps, guidance, batch_size, labelled=labelled,
                                      progress=progress, start_log_snr=start_log_snr, start_from=start_from,
-                                     upsampler=upsampler, upsample=upsample)
+                                     upsampler=upsampler, upsample=upsample, checkpoint=checkpoint,
+                                     upsampler_path=upsampler_path)
     stage = None
     if upsampler is not None:
         from ..upsampler import upsample_settings

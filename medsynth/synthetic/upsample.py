@@ -71,9 +71,8 @@ def upsample_files(stage, inputs: Sequence[str | Path], out: str | Path, *, stag
     Returns:
         {"n", "seconds", "images_per_second", "files", "resolution", "upsampler"}.
     """
-    from PIL import Image
-
     from ..upsampler import upsample_settings
+    from .marking import read_marking, save_marked_png
 
     if batch_size < 1:
         raise MedsynthError(f"batch size must be at least 1, got {batch_size}")
@@ -106,8 +105,15 @@ def upsample_files(stage, inputs: Sequence[str | Path], out: str | Path, *, stag
         generators = [torch.Generator().manual_seed(s) for _, _, s in plan[i:j]]
         high = stage(batch, generator=generators, **settings)
         for (src, rel, s), array in zip(plan[i:j], high):
-            img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-            atomic.write_with(out / rel, lambda tmp, img=img: img.save(tmp, format="PNG"))
+            # enlarged detail is generated: the output is marked, keeping what the input's mark said
+            before = read_marking(src) or {}
+            kept = {k: before[k] for k in ("generator", "domain", "class", "seed", "sampler", "steps", "guidance", "start")
+                    if k in before}
+            save_marked_png(array, out / rel, **{**kept, "domain": kept.get("domain") or stage.config.domain,
+                                                  "resolution": int(array.shape[0]), "upsampler": str(stage_path),
+                                                  "upsample_steps": steps or stage.config.num_inference_steps,
+                                                  "upsample_noise": stage.config.noise_level if noise_level is None
+                                                  else noise_level})
             files.append(str(out / rel))
             rows.append((rel.as_posix(), rel.parent.name if rel.parent != Path(".") else "", s))
         bar.update(j - i)
