@@ -288,8 +288,10 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
     def cards_for(domain):
         parts = []
-        for folder in ("diffusion", "classifier", "classifier_synthetic"):
+        for folder in ("diffusion", "upsampler", "classifier", "classifier_synthetic"):
             card = store.card(domain, folder)
+            if card is None and folder == "upsampler":
+                continue  # a domain without a second stage
             body = card.split("---", 2)[-1] if card else "_not installed_"
             # Relative image links (the sample grid) cannot resolve inside the app: the Generate tab shows samples.
             body = "\n".join(line for line in body.splitlines() if not line.startswith("!["))

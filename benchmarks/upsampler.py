@@ -12,6 +12,8 @@ Three measurements, each written as JSON under benchmarks/results/upsampler/:
            with --write the choice becomes the checkpoint's recommended settings. Rule (fixed before any run):
            the lowest FD; a setting with fewer steps wins when its FD is within 2 % of the lowest.
 ``speed``  Seconds for 8 images with the shipped recipe on this machine: base and stage apart, best of 3.
+``bicubic`` A labelled synthetic set enlarged by bicubic interpolation, with its generation.json (the audit's
+           baseline): ``python benchmarks/upsampler.py bicubic runs/audit_syn/D runs/audit_bicubic/D``.
 ``card``   Writes the recorded results into the upsampler's model card and the cascade section into the
            diffusion card.
 
@@ -276,6 +278,33 @@ def cmd_card(args) -> dict:
     return {"upsampler_card": str(up / "README.md"), "diffusion_card": str(diff), "sections": sorted(found)}
 
 
+def cmd_bicubic(args) -> dict:
+    """A labelled synthetic set enlarged by bicubic interpolation: the baseline the stage is audited against."""
+    from PIL import Image
+
+    from medsynth.synthetic.provenance import read_synthetic_set, write_record
+
+    src, out = Path(args.set), Path(args.out_set)
+    record = read_synthetic_set(src, "bicubic enlarges a labelled synthetic set")
+    n = 0
+    for cls in record["classes"]:
+        for f in sorted((src / cls).glob("*.png")):
+            arr = np.array(Image.open(f))
+            arr = arr[..., None] if arr.ndim == 2 else arr
+            big = _to_uint8(enlarge(_to_tensor(arr[None]), args.scale))[0]
+            target = out / cls / f.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_with(target, lambda tmp, big=big: Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big)
+                              .save(tmp, format="PNG"))
+            n += 1
+    if (src / "labels.csv").is_file():
+        atomic.write_text(out / "labels.csv", (src / "labels.csv").read_text())
+    write_record(out, {**record, "resolution": int(record["resolution"]) * args.scale,
+                       "base_resolution": record["resolution"], "upsampler": {"checkpoint": "bicubic", "scale": args.scale},
+                       "upsampled_from": str(src)})
+    return {"n": n, "out": str(out)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -286,6 +315,10 @@ def main() -> None:
         q.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/upsampler/<cmd>_<domain>.json)")
         if name in ("real", "select"):
             q.add_argument("--data", required=True)
+    bic = sub.add_parser("bicubic", help="a labelled synthetic set enlarged by bicubic interpolation (the baseline)")
+    bic.add_argument("set")
+    bic.add_argument("out_set")
+    bic.add_argument("--scale", type=int, default=2)
     real, select = sub.choices["real"], sub.choices["select"]
     real.add_argument("--steps", type=int, default=None)
     real.add_argument("--noise", type=int, default=None)
@@ -298,8 +331,9 @@ def main() -> None:
     select.add_argument("--start-grid", type=lambda s: [float(v) for v in s.split(",")], default=[-4.0])
     select.add_argument("--write", action="store_true", help="record the choice in the upsampler's model_index.json")
     args = p.parse_args()
-    result = {"real": cmd_real, "select": cmd_select, "speed": cmd_speed, "card": cmd_card}[args.cmd](args)
-    if args.cmd == "card":
+    result = {"real": cmd_real, "select": cmd_select, "speed": cmd_speed, "card": cmd_card,
+              "bicubic": cmd_bicubic}[args.cmd](args)
+    if args.cmd in ("card", "bicubic"):
         print(json.dumps(result))
         return
     out = Path(args.out) if args.out else OUT / f"{args.cmd}_{args.domain}.json"

@@ -38,7 +38,7 @@ def default_checkpoint_root() -> Path:
     return Path(os.environ.get("MEDSYNTH_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
 
 
-SHIPPED_FOLDERS = ("diffusion", "classifier", "classifier_synthetic")
+SHIPPED_FOLDERS = ("diffusion", "upsampler", "classifier", "classifier_synthetic")
 #: Names a user model may not take: the shipped folders and the kinds the Classify tab names them by.
 RESERVED_NAMES = (*SHIPPED_FOLDERS, *CLASSIFIER_KINDS)
 

@@ -104,7 +104,9 @@ def test_generate_cli(tmp_path, pipe, capsys):
             "--steps", "2", "--seed", "7", "--out", str(tmp_path / "g"), "--json"]
     assert main(args) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert list(record) == ["n", "seconds", "images_per_second", "files"] and record["n"] == 3
+    # the documented keys first, then the images' size (a cascade adds "upsampler")
+    assert list(record) == ["n", "seconds", "images_per_second", "files", "resolution"] and record["n"] == 3
+    assert record["resolution"] == 16
     assert [p.split("/")[-1] for p in record["files"]] == ["covid_000007.png", "covid_000008.png", "covid_000009.png"]
     first = [open(f, "rb").read() for f in record["files"]]
     assert main(args) == 0
