@@ -253,8 +253,17 @@ def cmd_card(args) -> dict:
             x = m[name]
             lines.append(f"| {label} | {_fmt(x['psnr'])} | {x['ssim']['mean']:.4f} ± {x['ssim']['se']:.4f} | "
                          f"{x['fd_lite0']:.2f} | {x['fd_cnn']:.2f} | {x['cnn_accuracy']:.4f} |")
+        b, st = m["bicubic"], m["stage"]
         lines += ["", "PSNR and SSIM reward the average of the plausible images (bicubic is close to it); the "
-                  "feature distances and the CNN's accuracy say whether the detail added looks like real detail.", ""]
+                  "feature distances and the CNN's accuracy say whether the detail added looks like real detail. "
+                  f"Here the real-trained CNN's accuracy goes from {b['cnn_accuracy']:.3f} on bicubic images to "
+                  f"{st['cnn_accuracy']:.3f} on this stage's (originals {m['original']['cnn_accuracy']:.3f}), and "
+                  f"its features put the stage's images {'closer to' if st['fd_cnn'] < b['fd_cnn'] else 'further from'} "
+                  f"the originals; ImageNet Lite0 features put them "
+                  f"{'closer' if st['fd_lite0'] < b['fd_lite0'] else 'further'} "
+                  f"({st['fd_lite0']:.1f} against {b['fd_lite0']:.1f})"
+                  + (": the added texture is not ImageNet-natural texture, an independent judge calls it further "
+                     "from real than the blur is" if st['fd_lite0'] > b['fd_lite0'] else "") + ".", ""]
     if "select" in found:
         c = found["select"]["chosen"]
         lines += [f"Sampling settings chosen on {found['select']['n_samples']} base-generator samples (seeds "
@@ -267,8 +276,17 @@ def cmd_card(args) -> dict:
         sp = found["speed"]
         lines += [f"Speed, 8 images on this project's 2-core CPU ({sp['threads']} torch threads, best of 3): base "
                   f"{sp['base_seconds']:.1f} s, this stage {sp['stage_seconds']:.1f} s, "
-                  f"{sp['total_seconds']:.1f} s in all.", ""]
+                  f"{sp['total_seconds']:.1f} s in all" + (f" ({sp['note']})" if sp.get("note") else "") + ".", ""]
     text = (up / "README.md").read_text()
+    # the recommended settings chosen after training (select --write) replace the ones the card was trained with
+    import re
+
+    stage = load_upsampler(up)
+    cfg = stage.sampling_settings()
+    text = re.sub(r"Recommended sampling \(in `model_index.json`\):.*?\n\n",
+                  f"Recommended sampling (in `model_index.json`, chosen by measurement): `{cfg['sampler']}`, "
+                  f"{cfg['num_inference_steps']} steps, conditioning noise level {cfg['noise_level']}, starting at "
+                  f"log-SNR {cfg['start_log_snr']}.\n\n", text, flags=re.S)
     atomic.write_text(up / "README.md", replace_section(text, MEASURED, "\n".join(lines)))
     diff = ROOT / "checkpoints" / args.domain / "diffusion" / "README.md"
     cascade = [CASCADE, "", "This generator's `cascade.json` names `../upsampler`: `generate`, the app and "

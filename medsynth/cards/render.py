@@ -392,8 +392,9 @@ high = stage(low_uint8)  # uint8 (N, {recipe.base_resolution}, {recipe.base_reso
 ```
 
 Recommended sampling (in `model_index.json`): `{sampling['sampler']}`, {sampling['num_inference_steps']} steps,
-conditioning noise level {sampling['noise_level']}, starting at log-SNR {sampling['start_log_snr']} from the
-enlarged input under noise.
+conditioning noise level {sampling['noise_level']}, starting at log-SNR {sampling['start_log_snr']}.
+
+The network denoises {"`" + str(recipe.residual_scale) + " x (image - bicubic enlargement)`, the detail the enlargement lacks; the output is the enlargement plus that residual, so at worst (the noisiest steps) it is the bicubic image" if recipe.target == "residual" else "the image itself, given the enlargement"}.
 
 ## Data
 
