@@ -203,7 +203,10 @@ def cmd_speed(args) -> dict:
     pipe = load_pipeline(ROOT / "checkpoints" / args.domain / "diffusion")
     stage = load_upsampler(args.upsampler or ROOT / "checkpoints" / args.domain / "upsampler")
     labels = [d.classes[i % d.num_classes] for i in range(8)]
-    s = DEFAULT_SAMPLING
+    # the app's default: the recipe of the model's audited set (audit.json), else the shipped defaults
+    audit = ROOT / "checkpoints" / args.domain / "diffusion" / "audit.json"
+    gen = json.loads(audit.read_text()).get("generation", {}) if audit.is_file() else {}
+    s = {k: gen.get(k, v) for k, v in DEFAULT_SAMPLING.items()}
     base_times, stage_times = [], []
     for rep in range(3):
         gens = [torch.Generator().manual_seed(i) for i in range(8)]
@@ -323,10 +326,38 @@ def cmd_bicubic(args) -> dict:
     return {"n": n, "out": str(out)}
 
 
+def cmd_table(args) -> dict:
+    """The RESULTS.md rows, from the recorded results of every domain that has them."""
+    rows = ["| domain | training steps (min) | chosen settings (selection FD-Lite0: bicubic / stage) | held-out N | "
+            "PSNR bicubic / stage | SSIM bicubic / stage | FD-Lite0 bicubic / stage | FD real CNN bicubic / stage | "
+            "real CNN accuracy: original / bicubic / stage | 8 images: base + stage (s) |",
+            "| --- | --- | --- | ---: | --- | --- | --- | --- | --- | --- |"]
+    for domain in ("brain_mri", "covid_ct", "all_blood"):
+        files = {k: OUT / f"{k}_{domain}.json" for k in ("real", "select", "speed")}
+        if not files["real"].is_file():
+            continue
+        r, m = json.loads(files["real"].read_text()), None
+        m = r["methods"]
+        summary = json.loads((ROOT / "checkpoints" / domain / "upsampler" / "train_summary.json").read_text())
+        sel = json.loads(files["select"].read_text()) if files["select"].is_file() else None
+        sp = json.loads(files["speed"].read_text()) if files["speed"].is_file() else None
+        chosen = (f"{sel['chosen']['steps']} steps, noise {sel['chosen']['noise_level']} "
+                  f"({next(x['fd_lite0'] for x in sel['rows'] if x['method'] == 'bicubic'):.1f} / "
+                  f"{sel['chosen']['fd_lite0']:.1f})") if sel else "n/a"
+        b, st = m["bicubic"], m["stage"]
+        rows.append(f"| {domain} | {summary['steps']:,} ({summary['seconds'] / 60:.0f}) | {chosen} | {r['n']} | "
+                    f"{b['psnr']['mean']:.2f} / {st['psnr']['mean']:.2f} | {b['ssim']['mean']:.3f} / {st['ssim']['mean']:.3f} | "
+                    f"{b['fd_lite0']:.1f} / {st['fd_lite0']:.1f} | {b['fd_cnn']:.1f} / {st['fd_cnn']:.1f} | "
+                    f"{m['original']['cnn_accuracy']:.3f} / {b['cnn_accuracy']:.3f} / {st['cnn_accuracy']:.3f} | "
+                    + (f"{sp['base_seconds']:.1f} + {sp['stage_seconds']:.1f}" if sp else "n/a") + " |")
+    print("\n".join(rows))
+    return {"rows": len(rows) - 2}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("real", "select", "speed", "card"):
+    for name in ("real", "select", "speed", "card", "table"):
         q = sub.add_parser(name)
         q.add_argument("--domain", required=True)
         q.add_argument("--upsampler", default=None, help="default: checkpoints/<domain>/upsampler")
@@ -350,8 +381,8 @@ def main() -> None:
     select.add_argument("--write", action="store_true", help="record the choice in the upsampler's model_index.json")
     args = p.parse_args()
     result = {"real": cmd_real, "select": cmd_select, "speed": cmd_speed, "card": cmd_card,
-              "bicubic": cmd_bicubic}[args.cmd](args)
-    if args.cmd in ("card", "bicubic"):
+              "bicubic": cmd_bicubic, "table": cmd_table}[args.cmd](args)
+    if args.cmd in ("card", "bicubic", "table"):
         print(json.dumps(result))
         return
     out = Path(args.out) if args.out else OUT / f"{args.cmd}_{args.domain}.json"
