@@ -7,8 +7,8 @@ diffusion models, ``runs/audit_syn/<domain>/<class>/*.png``, taking the first fi
 name (that is, seed) order. Where that folder is missing (or with ``--draw``), the samples are drawn here from
 ``checkpoints/<domain>/diffusion`` with the recipe of its ``audit.json`` (seeded, so the picture is
 reproducible; a few minutes on a CPU). Where the diffusion checkpoint names an upsampler (``cascade.json``,
-the shipped cascade), the samples are enlarged by it as ``generate`` does (each with a fresh generator of
-its seed); ``--resolution 64`` shows the base generator alone. Small images are enlarged with
+the shipped cascade), the samples are enlarged by it (image i with a generator
+seeded SEED+i); ``--resolution 64`` shows the base generator alone. Small images are enlarged with
 nearest-neighbour pixels.
 """
 
