@@ -362,11 +362,12 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Class
     return pipe.to(device)
 
 
-def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """``save_pretrained`` into a staging folder, then move each file into place with an atomic rename.
-
-    A crash leaves every file either old or new; ``dtype=torch.float16`` halves the weights.
-    """
+def save_staged(out: str | Path, unet: torch.nn.Module, dtype: torch.dtype | None,
+                write: Callable[[torch.nn.Module, Path], None]) -> Path:
+    """Write a pipeline folder atomically: ``write(unet, staging)`` fills a staging folder inside ``out`` (with the
+    UNet cast to ``dtype`` if given), then each file moves into place with an atomic rename, ``model_index.json``
+    last (a folder that has it is a complete checkpoint; readers rely on that). A crash leaves every file either
+    old or new."""
     import shutil
     import tempfile
 
@@ -374,17 +375,11 @@ def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        unet = pipe.unet
         if dtype is not None and dtype != unet.dtype:
-            unet = type(unet).from_config(unet.config)
-            unet.load_state_dict(pipe.unet.state_dict())
-            unet = unet.to(dtype)
-        ClassConditionalPipeline(unet=unet, scheduler=pipe.scheduler, domain=pipe.config.domain,
-                                 classes=pipe.classes, class_means=pipe.config.get("class_means")
-                                 ).save_pretrained(staging, safe_serialization=True)
-        if getattr(pipe, "start_prior", None) is not None:
-            save_prior(pipe.start_prior, staging, pipe.classes)
-        # model_index.json goes last: a folder that has it is a complete checkpoint (readers rely on that).
+            cast = type(unet).from_config(unet.config)
+            cast.load_state_dict(unet.state_dict())
+            unet = cast.to(dtype)
+        write(unet, staging)
         files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == "model_index.json", str(p)))
         umask = os.umask(0)
         os.umask(umask)
@@ -396,3 +391,17 @@ def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """``save_pretrained`` through ``save_staged``: every file old or new after a crash;
+    ``dtype=torch.float16`` halves the weights."""
+
+    def write(unet, staging: Path) -> None:
+        ClassConditionalPipeline(unet=unet, scheduler=pipe.scheduler, domain=pipe.config.domain,
+                                 classes=pipe.classes, class_means=pipe.config.get("class_means")
+                                 ).save_pretrained(staging, safe_serialization=True)
+        if getattr(pipe, "start_prior", None) is not None:
+            save_prior(pipe.start_prior, staging, pipe.classes)
+
+    return save_staged(out, pipe.unet, dtype, write)

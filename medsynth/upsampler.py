@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion import log_snr, quiet_diffusers, sampler_scheduler
+from .diffusion import log_snr, quiet_diffusers, sampler_scheduler, save_staged
 from .errors import MedsynthError
 
 #: Levels of the conditioning-noise schedule (a DDPM linear schedule, as the x4 upscaler's).
@@ -286,35 +286,12 @@ def load_upsampler(path: str | Path, device: str | torch.device = "cpu") -> Upsa
 
 
 def save_upsampler(pipe: UpsamplerPipeline, out: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """``save_pretrained`` through a staging folder, each file moved into place atomically
-    (``model_index.json`` last); ``dtype=torch.float16`` halves the weights."""
-    import shutil
-    import tempfile
-
+    """``save_pretrained`` through ``diffusion.save_staged`` (each file moved into place atomically,
+    ``model_index.json`` last); ``dtype=torch.float16`` halves the weights."""
     quiet_diffusers()  # the fp16 cast's advice about modules kept in float32 does not apply (there are none)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
-        unet = pipe.unet
-        if dtype is not None and dtype != unet.dtype:
-            unet = type(unet).from_config(unet.config)
-            unet.load_state_dict(pipe.unet.state_dict())
-            unet = unet.to(dtype)
-        UpsamplerPipeline(unet=unet, scheduler=pipe.scheduler, **{k: v for k, v in pipe.config.items()
-                                                                   if not k.startswith("_") and k not in ("unet", "scheduler")}
-                          ).save_pretrained(staging, safe_serialization=True)
-        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == "model_index.json", str(p)))
-        umask = os.umask(0)
-        os.umask(umask)
-        for file in files:
-            os.chmod(file, 0o666 & ~umask)
-            target = out / file.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(file, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    settings = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in ("unet", "scheduler")}
+    return save_staged(out, pipe.unet, dtype, lambda unet, staging: UpsamplerPipeline(
+        unet=unet, scheduler=pipe.scheduler, **settings).save_pretrained(staging, safe_serialization=True))
 
 
 #: A diffusion checkpoint names its second stage in this file: ``{"upsampler": "../upsampler"}``, a path

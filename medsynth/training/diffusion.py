@@ -42,7 +42,7 @@ from ..errors import MedsynthError
 from ..hardware import describe, make_accelerator
 from ..recipes import DiffusionRecipe
 from ..transforms import ToSymmetric
-from .loop import flips, latest_checkpoint, save_png, train
+from .loop import flips, resume_point, save_png, train
 from .schedule import min_snr_weights
 
 
@@ -127,6 +127,10 @@ def sample_grid(pipe: ClassConditionalPipeline, per_class: int = 4, seed: int = 
     return grid
 
 
+#: Recorded options that ``--resume`` may not change (they define the network or its inputs).
+FIXED_ON_RESUME = ("domain", "preset", "resolution", "block_out_channels", "layers_per_block", "prediction_type")
+
+
 class DiffusionObjective:
     """One step of the class-conditional model: drop ~10 % of labels to "no class", noise, predict, weight."""
 
@@ -174,19 +178,7 @@ def train_diffusion(recipe: DiffusionRecipe) -> dict:
         recipe.resolution = base_unet.config.sample_size  # fine-tuning keeps the base's resolution
     resolution = recipe.training_resolution
     base = base_run(recipe.init_from)  # the run this one continues, for the card's totals
-    resume_from = None
-    if recipe.resume:
-        resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise MedsynthError(f"--resume: {out} has no checkpoints/step_*/ to resume from; start without --resume")
-        saved = json.loads((out / "args.json").read_text())
-        for key in ("domain", "preset", "resolution", "block_out_channels", "layers_per_block", "prediction_type"):
-            mine = getattr(recipe, key)
-            mine = list(mine) if isinstance(mine, tuple) else mine
-            if saved.get(key) != mine:
-                raise MedsynthError(f"--resume: {key} was {saved.get(key)!r} in {out}/args.json but is {mine!r} now")
-    elif (out / "model_index.json").exists() or latest_checkpoint(out) is not None:
-        raise MedsynthError(f"{out} already holds a diffusion run; pass --resume to continue it or choose another --out")
+    resume_from = resume_point(recipe, FIXED_ON_RESUME, "a diffusion")
 
     accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
     main = accelerator.is_main_process

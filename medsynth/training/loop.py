@@ -71,6 +71,28 @@ def latest_checkpoint(out: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def resume_point(recipe, fixed: tuple[str, ...], kind: str) -> Path | None:
+    """Where ``recipe.out`` continues from: its latest checkpoint under ``--resume`` (the options in ``fixed``
+    must equal the run's ``args.json``), else None, refusing a folder that already holds a ``kind`` run."""
+    from ..errors import MedsynthError
+
+    out = Path(recipe.out)
+    if not recipe.resume:
+        if (out / "model_index.json").exists() or latest_checkpoint(out) is not None:
+            raise MedsynthError(f"{out} already holds {kind} run; pass --resume to continue it or choose another --out")
+        return None
+    found = latest_checkpoint(out)
+    if found is None:
+        raise MedsynthError(f"--resume: {out} has no checkpoints/step_*/ to resume from; start without --resume")
+    saved = json.loads((out / "args.json").read_text())
+    for key in fixed:
+        mine = getattr(recipe, key)
+        mine = list(mine) if isinstance(mine, tuple) else mine
+        if saved.get(key) != mine:
+            raise MedsynthError(f"--resume: {key} was {saved.get(key)!r} in {out}/args.json but is {mine!r} now")
+    return found
+
+
 def seed_step(seed: int, step: int, rank: int) -> None:
     """Seed torch for the batches after ``step`` on process ``rank``: a resumed run does not replay the
     same noise, and no two processes draw the same (rank 0 of any run keeps ``seed + step``)."""

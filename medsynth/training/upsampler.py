@@ -29,12 +29,11 @@ from .. import atomic
 from ..data import ArrayDataset, load_resized, scan_dataset, stratified_split
 from ..diffusion import make_noise_scheduler
 from ..domains import get_domain
-from ..errors import MedsynthError
 from ..hardware import describe, make_accelerator
 from ..recipes import UpsamplerRecipe
 from ..transforms import ToSymmetric
 from ..upsampler import UpsamplerPipeline, create_upsampler_unet, degrade, enlarge, save_upsampler, shrink
-from .loop import flips, latest_checkpoint, save_png, train
+from .loop import flips, resume_point, save_png, train
 from .schedule import min_snr_weights
 
 #: Recorded options that ``--resume`` may not change (they define the network or its inputs).
@@ -130,19 +129,7 @@ def train_upsampler(recipe: UpsamplerRecipe) -> dict:
     domain = get_domain(recipe.domain)
     out = Path(recipe.out)
     atomic.check_writable(out, need_mb=200, option="--out")
-    resume_from = None
-    if recipe.resume:
-        resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise MedsynthError(f"--resume: {out} has no checkpoints/step_*/ to resume from; start without --resume")
-        saved = json.loads((out / "args.json").read_text())
-        for key in FIXED_ON_RESUME:
-            mine = getattr(recipe, key)
-            mine = list(mine) if isinstance(mine, tuple) else mine
-            if saved.get(key) != mine:
-                raise MedsynthError(f"--resume: {key} was {saved.get(key)!r} in {out}/args.json but is {mine!r} now")
-    elif (out / "model_index.json").exists() or latest_checkpoint(out) is not None:
-        raise MedsynthError(f"{out} already holds an upsampler run; pass --resume to continue it or choose another --out")
+    resume_from = resume_point(recipe, FIXED_ON_RESUME, "an upsampler")
 
     accelerator = make_accelerator(recipe.device, recipe.mixed_precision)
     main = accelerator.is_main_process
