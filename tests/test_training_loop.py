@@ -48,7 +48,9 @@ def test_two_processes_draw_different_noise(tmp_path):
         seed_step(0, 5, acc.process_index)
         noise = acc.gather(torch.randn(1, 8))
         if acc.is_main_process:
-            print("SAME" if torch.equal(noise[0], noise[1]) else "DIFFERENT")
+            print("SAME" if torch.equal(noise[0], noise[1]) else "DIFFERENT", flush=True)
+        acc.wait_for_everyone()
+        acc.end_training()  # tear the process group down before exit: gloo aborts a rank whose peer left first
     """))
     proc = _torchrun([str(script)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
