@@ -256,13 +256,13 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         path = item.save_png(Path(tempfile.mkdtemp(dir=downloads)) / f"generated_{item.class_name}_seed{item.seed}.png")
         return str(path), gr.update(value=generated["domain"]), gr.Tabs(selected="classify")
 
-    def show_view(image, domain, classifier):
-        """A new file (or domain, or classifier): what the CNN will see, and every older result cleared."""
+    def show_view(image, domain, classifier, frame=None):
+        """A new frame (or domain, or classifier): what the CNN will see, and every older result cleared."""
         cleared = (None, None, None)
         if not image:
             return None, *cleared, ""
         try:
-            view = service.preview(store, image, domain, classifier)
+            view = service.preview(store, image, domain, classifier, frame_index(image, frame))
         except ImageLoadError as exc:
             gr.Warning(str(exc))
             return None, *cleared, f"**Cannot use this file:** {exc}"
@@ -270,15 +270,34 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             return None, *cleared, ""
         return view, *cleared, ""
 
-    @_user_error
-    def do_classify(image, domain=default_domain, classifier=default_kind):
-        probs, verdict = service.assess(store, image, domain, classifier)
-        return probs, service.summary_line(classifier, probs, verdict, image)
+    def frame_index(image, frame):
+        """The slider's frame, or None (the middle one) for a file with one picture or an API call without it."""
+        return None if frame is None or service.frames(image) <= 1 else int(frame)
+
+    def show_file(image, domain, classifier):
+        """A new file: the frame slider (shown only for a multi-frame DICOM or a NIfTI volume, at the middle
+        frame), what the CNN sees, and every older result cleared."""
+        count = service.frames(image) if image else 1
+        slider = (gr.Slider(minimum=0, maximum=count - 1, value=count // 2, visible=True,
+                            label=f"frame / slice (0-{count - 1}; the file holds {count})")
+                  if count > 1 else gr.Slider(minimum=0, maximum=1, value=0, visible=False))
+        return slider, None, *show_view(image, domain, classifier)
+
+    def pick_frame(image, domain, classifier, frame):
+        """The slider moved: that frame becomes the API's `frame`, and the view shows it."""
+        return int(frame), *show_view(image, domain, classifier, frame)
 
     @_user_error
-    def do_explain(image, domain=default_domain, classifier=default_kind, lime_seed=0, progress=gr.Progress()):
+    def do_classify(image, domain=default_domain, classifier=default_kind, frame=None):
+        frame = frame_index(image, frame)
+        probs, verdict = service.assess(store, image, domain, classifier, frame)
+        return probs, service.summary_line(classifier, probs, verdict, image, frame)
+
+    @_user_error
+    def do_explain(image, domain=default_domain, classifier=default_kind, lime_seed=0, frame=None,
+                   progress=gr.Progress()):
         return service.explain_both(store, image, domain, classifier, lime_seed,
-                                    progress=lambda f: progress(f, desc="LIME"))
+                                    progress=lambda f: progress(f, desc="LIME"), frame=frame_index(image, frame))
 
     def sampling_for(domain, model):
         """The chosen model's own recipe (the settings its audited set was drawn with) as the defaults."""
@@ -536,8 +555,12 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
             with gr.Tab("Classify & Explain", id="classify"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        c_image = gr.File(label="scan: any image file (PNG, JPEG, TIFF, 16-bit, WebP, DICOM)",
+                        c_image = gr.File(label="scan: any image file (PNG, JPEG, TIFF, 16-bit, WebP, DICOM, NIfTI)",
                                           type="filepath", height=110, elem_id="scan-file")
+                        c_slider = gr.Slider(0, 1, value=0, step=1, visible=False, label="frame / slice",
+                                             elem_id="scan-frame")
+                        # the API's `frame` (None: the middle frame/slice); the slider above sets it
+                        c_frame = gr.Number(value=None, precision=0, visible=False, label="frame")
                         c_view = gr.Image(label="what the CNN sees (its input, enlarged)", type="numpy", format="png",
                                           height=260, interactive=False, elem_id="scan-view")
                         c_domain = gr.Dropdown(list(DOMAINS), value=default_domain, label="domain")
@@ -559,12 +582,20 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                             c_lime = gr.Image(label="LIME (the superpixels that support the class most)", format="png",
                                               interactive=False, elem_id="scan-lime")
                             c_cam = gr.Image(label="Grad-CAM", format="png", interactive=False)
-                ev_classify = c_go.click(do_classify, [c_image, c_domain, c_kind], [c_label, c_summary], api_name="classify",
+                ev_classify = c_go.click(do_classify, [c_image, c_domain, c_kind, c_frame], [c_label, c_summary],
+                                         api_name="classify",
                            concurrency_id=HEAVY if os.environ.get("MEDSYNTH_ONE_SLOT") == "1" else QUICK)
-                ev_explain = c_explain.click(do_explain, [c_image, c_domain, c_kind, c_seed], [c_label, c_lime, c_cam, c_summary],
+                ev_explain = c_explain.click(do_explain, [c_image, c_domain, c_kind, c_seed, c_frame],
+                                             [c_label, c_lime, c_cam, c_summary],
                                 api_name="explain", concurrency_id=HEAVY)
-                for trigger in (c_image.change, c_domain.change, c_kind.change):  # new input: old results go, running ones stop
-                    trigger(show_view, [c_image, c_domain, c_kind], [c_view, c_label, c_lime, c_cam, c_summary],
+                view_outputs = [c_view, c_label, c_lime, c_cam, c_summary]
+                # new input: old results go, running ones stop
+                c_image.change(show_file, [c_image, c_domain, c_kind], [c_slider, c_frame, *view_outputs],
+                               api_visibility="private", cancels=[ev_classify, ev_explain])
+                c_slider.release(pick_frame, [c_image, c_domain, c_kind, c_slider], [c_frame, *view_outputs],
+                                 api_visibility="private", cancels=[ev_classify, ev_explain])
+                for trigger in (c_domain.change, c_kind.change):
+                    trigger(show_view, [c_image, c_domain, c_kind, c_frame], view_outputs,
                             api_visibility="private", cancels=[ev_classify, ev_explain])
             g_send.click(send_to_classify, [generated, selected], [c_image, c_domain, tabs],
                          api_name="send_to_classify")

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import MedsynthError
-from .io import IMAGE_SUFFIXES, is_dicom, load_image
+from .io import is_dicom, is_image_name, load_image
 from .transforms import square_resize_uint8, to_float_chw
 
 
@@ -36,7 +36,7 @@ def natural_key(text: str) -> list:
 
 
 def _looks_like_image(path: Path) -> bool:
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_name(path):
         return True
     if path.suffix == "":  # DICOM files often have no suffix
         try:

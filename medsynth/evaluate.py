@@ -58,22 +58,31 @@ def evaluate_folder(
 
 
 def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int = 16,
-                   checkpoint: str | Path | None = None) -> list[dict]:
+                   checkpoint: str | Path | None = None, frame: int | None = None) -> list[dict]:
     """Per file: the top class, its probability, every class probability and the out-of-domain guard's
     verdict (``in_domain``: true, false, or null where no reference is found beside ``checkpoint`` or in
     the folder above it; ``out_of_domain``: the verdict with its score, threshold and note; ``synthetic``:
-    what the file's synthetic-image mark says (``synthetic.marking.read_marking``), or null)."""
+    what the file's synthetic-image mark says (``synthetic.marking.read_marking``), or null). A file that
+    cannot be read gives ``{"file", "error"}`` (the reason, one line) and the others are still classified.
+    ``frame``: which frame of multi-frame files / slice of volumes (``io.load_image``; default the middle)."""
     from . import ood
+    from .errors import ImageLoadError
     from .synthetic.marking import read_marking
 
-    images = [load_image(f, clf.config.channels) for f in files]
-    probs = clf.predict_proba(images, batch_size=batch_size)
+    loaded, refused = [], {}
+    for index, path in enumerate(files):
+        try:
+            loaded.append((index, path, load_image(path, clf.config.channels, frame=frame)))
+        except ImageLoadError as exc:
+            refused[index] = {"file": str(path), "error": str(exc)}
+    images = [image for _, _, image in loaded]
+    probs = clf.predict_proba(images, batch_size=batch_size) if images else []
     reference = ood.find_reference(checkpoint, clf.config.domain) if checkpoint is not None else None
-    verdicts = ood.check(reference, images)
-    results = []
-    for path, p, verdict in zip(files, probs, verdicts):
+    verdicts = ood.check(reference, images) if images else []
+    results = dict(refused)
+    for (index, path, _), p, verdict in zip(loaded, probs, verdicts):
         top = int(p.argmax())
-        results.append({
+        results[index] = {
             "file": str(path),
             "class": clf.classes[top],
             "probability": float(p[top]),
@@ -81,5 +90,5 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
             "in_domain": verdict["in_domain"],
             "out_of_domain": verdict,
             "synthetic": read_marking(path),
-        })
-    return results
+        }
+    return [results[i] for i in range(len(files))]

@@ -1,10 +1,14 @@
-"""Reading images: one loader for PNG, JPEG, BMP, TIFF, WebP and DICOM.
+"""Reading images: one loader for PNG, JPEG, BMP, TIFF, WebP, GIF, DICOM and NIfTI.
 
 ``load_image`` returns a ``uint8`` array of shape (H, W, C) with C = 1 (grayscale) or 3 (RGB), the
 channel count of the domain it is meant for. Whatever the file holds (16-bit or float pixels,
-alpha, CMYK, a palette, 1-bit, several frames, a DICOM with rescale and window), the result is
-what a radiologist's viewer would show, reduced to 8 bits. A file that cannot be read raises
-``ImageLoadError`` naming the file and the problem.
+alpha, CMYK, a palette, 1-bit, several frames, a DICOM with rescale and window, a NIfTI volume), the
+result is what a radiologist's viewer would show, reduced to 8 bits. A file with several pictures
+(multi-frame DICOM, NIfTI slices, animated GIF/WebP, multi-page TIFF) gives one of them: ``frame``,
+counted from 0; by default the middle frame of a DICOM and the middle axial slice of a volume, the first
+frame of an animation or page of a TIFF. ``frame_count`` says how many there are. The format is
+recognised by content, not by the file's name. A file that cannot be read raises ``ImageLoadError``
+naming the file and the problem. DICOM and NIfTI specifics: ``medsynth.scans``.
 """
 
 from __future__ import annotations
@@ -19,29 +23,25 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .scans import (DEFAULT_MAX_PIXELS, NiftiVolume, decode_dicom, dicom_frames, dicom_without_header, is_dicom,
+                    is_nifti, max_pixels, read_dicom, scale_to_uint8)
+
+__all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "MIN_SIDE", "ImageSource", "frame_count", "is_dicom",
+           "is_image_name", "load_image", "max_pixels", "pil_to_array", "to_channels"]
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
 
 #: File name suffixes treated as images when scanning folders (DICOM also without suffix).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ".gif"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom", ".gif",
+                            ".nii", ".nii.gz"})
 MIN_SIDE = 16
-#: Pixel-count cap against decompression bombs; override with MEDSYNTH_MAX_PIXELS.
-DEFAULT_MAX_PIXELS = 64_000_000
+NOT_AN_IMAGE = "not a recognised image (expected PNG, JPEG, BMP, TIFF, WebP, GIF, DICOM or NIfTI)"
 
 
-def max_pixels() -> int:
-    value = os.environ.get("MEDSYNTH_MAX_PIXELS")
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        return int(value)
-    except ValueError:
-        raise ImageLoadError(f"MEDSYNTH_MAX_PIXELS must be a whole number of pixels, got {value!r}") from None
-
-
-def is_dicom(head: bytes) -> bool:
-    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
-    return len(head) >= 132 and head[128:132] == b"DICM"
+def is_image_name(path: str | os.PathLike) -> bool:
+    """Whether a file name has one of IMAGE_SUFFIXES (``scan.nii.gz`` included)."""
+    name = Path(path).name.lower()
+    return Path(name).suffix in IMAGE_SUFFIXES or name.endswith(".nii.gz")
 
 
 def _read_bytes(source: ImageSource, name: str | None = None) -> tuple[bytes, str]:
@@ -61,7 +61,8 @@ def _read_bytes(source: ImageSource, name: str | None = None) -> tuple[bytes, st
         raise ImageLoadError(f"{name}: cannot be read ({exc.strerror or exc})") from None
 
 
-def load_image(source: ImageSource, channels: int = 3, name: str | None = None) -> np.ndarray:
+def load_image(source: ImageSource, channels: int = 3, name: str | None = None,
+               frame: int | None = None) -> np.ndarray:
     """Read an image file (path, bytes or binary stream) as uint8 (H, W, channels).
 
     Args:
@@ -69,19 +70,70 @@ def load_image(source: ImageSource, channels: int = 3, name: str | None = None) 
         channels: 1 (grayscale) or 3 (RGB).
         name: how error messages name the file (default: the path as given). The app passes the
             uploaded file's own name, so a visitor never sees the server's temporary path.
+        frame: which frame (multi-frame DICOM, animation, TIFF page) or axial slice (NIfTI) to read,
+            counted from 0; None: the middle frame/slice of a scan, the first frame of an animation.
 
-    Raises ``ImageLoadError`` for an empty, truncated, oversized, tiny or non-image file.
+    Raises ``ImageLoadError`` for an empty, truncated, oversized, tiny or non-image file, and for a
+    frame the file does not have.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     data, name = _read_bytes(source, name)
     if not data:
         raise ImageLoadError(f"{name}: file is empty (0 bytes)")
-    gray_or_rgb = _decode_dicom(data, name) if is_dicom(data) else _decode_pil(data, name)
+    kind, parsed = _open(data, name)
+    if kind == "dicom":
+        gray_or_rgb = decode_dicom(parsed, name, frame)
+    elif kind == "nifti":
+        gray_or_rgb = parsed.slice(frame)
+    else:
+        gray_or_rgb = _decode_pil(data, name, frame)
     h, w = gray_or_rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ImageLoadError(f"{name}: image is only {w}x{h} px; at least {MIN_SIDE}x{MIN_SIDE} is needed")
     return to_channels(gray_or_rgb, channels)
+
+
+def frame_count(source: ImageSource, name: str | None = None) -> int:
+    """How many frames (DICOM, animation, TIFF pages) or axial slices (NIfTI) ``load_image`` can read."""
+    data, name = _read_bytes(source, name)
+    if not data:
+        raise ImageLoadError(f"{name}: file is empty (0 bytes)")
+    kind, parsed = _open(data, name)
+    if kind == "dicom":
+        return dicom_frames(parsed, name)
+    if kind == "nifti":
+        return parsed.slices
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(getattr(img, "n_frames", 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        return 1  # load_image gives the message
+
+
+def _open(data: bytes, name: str):
+    """("dicom", dataset), ("nifti", NiftiVolume) or ("pil", None), by the file's content."""
+    if is_dicom(data):
+        return "dicom", read_dicom(data, name)
+    if is_nifti(data):
+        return "nifti", NiftiVolume(data, name)
+    if _pil_can_open(data):
+        return "pil", None
+    headerless = dicom_without_header(data)
+    if headerless is not None:
+        return "dicom", read_dicom(data, name, headerless)
+    return "pil", None  # _decode_pil names what is wrong
+
+
+def _pil_can_open(data: bytes) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.MAX_IMAGE_PIXELS = None
+            Image.open(io.BytesIO(data)).close()
+        return True
+    except Exception:  # noqa: BLE001 - _decode_pil reports it
+        return False
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -101,19 +153,7 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
 
 
-def _scale_to_uint8(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Map [lo, hi] (default: the data's own range) linearly onto 0..255."""
-    values = values.astype(np.float64)
-    finite = values[np.isfinite(values)]
-    lo = float(finite.min()) if lo is None and finite.size else (lo or 0.0)
-    hi = float(finite.max()) if hi is None and finite.size else (hi if hi is not None else 1.0)
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(values, nan=lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _decode_pil(data: bytes, name: str) -> np.ndarray:
+def _decode_pil(data: bytes, name: str, frame: int | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -127,16 +167,20 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
                     f"{name}: image is {w}x{h} = {w * h:,} pixels, above the {max_pixels():,}-pixel cap "
                     "(a possible decompression bomb); downscale it, or raise MEDSYNTH_MAX_PIXELS if you trust it"
                 )
-            # Animated GIF/WebP/APNG and multi-page TIFF: the first frame.
-            frame = next(ImageSequence.Iterator(img))
-            frame.load()
-            frame = ImageOps.exif_transpose(frame)  # camera JPEGs: upright, as a viewer shows them
+            # Animated GIF/WebP/APNG and multi-page TIFF: the first frame unless asked.
+            count = int(getattr(img, "n_frames", 1) or 1)
+            if frame is not None and not 0 <= frame < count:
+                raise ImageLoadError(f"{name}: frame {frame} does not exist; the file has {count} frame"
+                                     f"{'s' if count != 1 else ''}, numbered 0 to {count - 1}")
+            if frame:
+                img.seek(frame)
+            picture = img if frame else next(ImageSequence.Iterator(img))
+            picture.load()
+            picture = ImageOps.exif_transpose(picture)  # camera JPEGs: upright, as a viewer shows them
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(
-            f"{name}: not a recognised image (expected PNG, JPEG, BMP, TIFF, WebP or DICOM)"
-        ) from None
+        raise ImageLoadError(f"{name}: {NOT_AN_IMAGE}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(
             f"{name}: image is too large (a possible decompression bomb); downscale it first"
@@ -145,7 +189,7 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
         msg = str(exc)
         kind = "truncated" if "truncat" in msg.lower() else "corrupt"
         raise ImageLoadError(f"{name}: image data is {kind} and cannot be decoded ({msg})") from None
-    return pil_to_array(frame)
+    return pil_to_array(picture)
 
 
 def pil_to_array(img: Image.Image) -> np.ndarray:
@@ -153,7 +197,7 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16-bit, 32-bit int or float pixels: stretch the image's own range to 8 bits.
-        return _scale_to_uint8(np.asarray(img))
+        return scale_to_uint8(np.asarray(img))
     if mode == "1":
         return np.asarray(img.convert("L"))
     if mode == "P":
@@ -176,56 +220,3 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
     except (ValueError, OSError) as exc:  # pragma: no cover - exotic modes
         raise ImageLoadError(f"image mode {mode!r} is not supported ({exc})") from None
-
-
-def _decode_dicom(data: bytes, name: str) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:  # pydicom raises a variety of errors for broken files
-        raise ImageLoadError(f"{name}: DICOM file cannot be parsed ({exc})") from None
-    if "PixelData" not in ds:
-        raise ImageLoadError(f"{name}: DICOM file has no pixel data (is it a report or a structured document?)")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > max_pixels():
-        raise ImageLoadError(
-            f"{name}: DICOM image is {cols}x{rows} pixels, above the {max_pixels():,}-pixel cap; "
-            "raise MEDSYNTH_MAX_PIXELS if you trust it"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    try:
-        if frames > 1:
-            ds.pixel_array_options(index=0)  # multi-frame: decode only the first frame, as for animations
-        pixels = ds.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is not None and syntax.is_compressed:
-            raise ImageLoadError(
-                f"{name}: compressed DICOM ({syntax.name}) cannot be decoded here ({exc}); install pylibjpeg and "
-                "pylibjpeg-libjpeg, or convert the file to uncompressed DICOM or PNG"
-            ) from None
-        raise ImageLoadError(f"{name}: DICOM pixel data is truncated or corrupt ({exc})") from None
-    if frames > 1 and pixels.ndim == (4 if str(ds.get("PhotometricInterpretation", "")).upper().startswith(("RGB", "YBR")) else 3):
-        pixels = pixels[0]
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric.startswith("MONOCHROME"):
-        # Stored value -> modality value (Hounsfield units for CT): v * RescaleSlope + RescaleIntercept.
-        values = apply_modality_lut(pixels, ds).astype(np.float64)
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            center = float(np.ravel(ds.WindowCenter)[0])
-            width = max(float(np.ravel(ds.WindowWidth)[0]), 1.0)
-            gray = _scale_to_uint8(values, center - width / 2, center + width / 2)
-        elif "VOILUTSequence" in ds:
-            gray = _scale_to_uint8(apply_voi_lut(values, ds))
-        else:
-            gray = _scale_to_uint8(values)
-        if photometric == "MONOCHROME1":  # MONOCHROME1: low values are white
-            gray = 255 - gray
-        return gray
-    # Colour DICOM: pydicom converts YBR to RGB; scale non-8-bit data to 8 bits.
-    rgb = pixels if pixels.dtype == np.uint8 else _scale_to_uint8(pixels)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ImageLoadError(f"{name}: unsupported DICOM photometric interpretation {photometric}")
-    return rgb

@@ -377,8 +377,9 @@ def display_name(source) -> str:
     return Path(str(source)).name if isinstance(source, (str, os.PathLike)) else "the image"
 
 
-def read_image(source, domain: str) -> np.ndarray:
-    """An uploaded file path (PNG, JPEG, DICOM, ...) or an array -> uint8 (H, W, C) in the domain's channels."""
+def read_image(source, domain: str, frame: int | None = None) -> np.ndarray:
+    """An uploaded file path (PNG, JPEG, DICOM, NIfTI, ...) or an array -> uint8 (H, W, C) in the domain's
+    channels. ``frame``: a multi-frame file's frame or a volume's slice (default: the middle one)."""
     from .io import load_image, to_channels
 
     channels = get_domain(domain).channels
@@ -393,7 +394,31 @@ def read_image(source, domain: str) -> np.ndarray:
         source = source["path"]
     if not isinstance(source, (str, os.PathLike)):
         raise MedsynthError(f"expected an image file, got {type(source).__name__}")
-    return load_image(source, channels, name=display_name(source))
+    return load_image(source, channels, name=display_name(source), frame=frame)
+
+
+def frames(source) -> int:
+    """How many frames (multi-frame DICOM, animation) or slices (NIfTI) an uploaded file holds; 1 for an
+    array or a file that cannot be read (``read_image`` then gives the message)."""
+    from .io import frame_count
+
+    if isinstance(source, dict) and "path" in source:
+        source = source["path"]
+    if not isinstance(source, (str, os.PathLike)):
+        return 1
+    try:
+        return frame_count(source, name=display_name(source))
+    except MedsynthError:
+        return 1
+
+
+def frame_note(source, frame: int | None) -> str:
+    """" (frame 3 of 10)" for a file with several frames or slices, else ""."""
+    count = frames(source)
+    if count <= 1:
+        return ""
+    shown = count // 2 if frame is None else int(frame)
+    return f" (frame/slice {shown} of {count}, counted from 0)"
 
 
 def upscale_for_display(image: np.ndarray, min_side: int = 256) -> np.ndarray:
@@ -403,10 +428,10 @@ def upscale_for_display(image: np.ndarray, min_side: int = 256) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
 
 
-def preview(store: ModelStore, source, domain: str, kind: str) -> np.ndarray:
-    """What the chosen classifier sees of an uploaded file, enlarged for the screen."""
+def preview(store: ModelStore, source, domain: str, kind: str, frame: int | None = None) -> np.ndarray:
+    """What the chosen classifier sees of an uploaded file (its frame or slice), enlarged for the screen."""
     clf = store.classifier(domain, kind)
-    return upscale_for_display(clf.model_view(read_image(source, domain)))
+    return upscale_for_display(clf.model_view(read_image(source, domain, frame)))
 
 
 def domain_note(verdict: dict) -> str:
@@ -418,20 +443,21 @@ def domain_note(verdict: dict) -> str:
     return f"Not checked for out-of-domain input: {verdict.get('note', '')}."
 
 
-def assess(store: ModelStore, source, domain: str, kind: str) -> tuple[dict[str, float], dict]:
+def assess(store: ModelStore, source, domain: str, kind: str,
+           frame: int | None = None) -> tuple[dict[str, float], dict]:
     """Every class probability (for a gr.Label) and the out-of-domain guard's verdict."""
     from . import ood
 
     clf = store.classifier(domain, kind)
-    image = read_image(source, domain)
+    image = read_image(source, domain, frame)
     probs = clf.predict_proba([image])[0]
     verdict = ood.check(store.ood_reference(domain, kind), [image])[0]
     return {c: float(p) for c, p in zip(clf.classes, probs)}, verdict
 
 
-def classify(store: ModelStore, source, domain: str, kind: str) -> dict[str, float]:
+def classify(store: ModelStore, source, domain: str, kind: str, frame: int | None = None) -> dict[str, float]:
     """Every class probability, for a gr.Label."""
-    return assess(store, source, domain, kind)[0]
+    return assess(store, source, domain, kind, frame)[0]
 
 
 def synthetic_note(source) -> str:
@@ -444,24 +470,25 @@ def synthetic_note(source) -> str:
     return f"\n\n**Synthetic image:** {describe(marking)}." if marking else ""
 
 
-def summary_line(kind: str, probs: dict[str, float], verdict: dict, source=None) -> str:
+def summary_line(kind: str, probs: dict[str, float], verdict: dict, source=None, frame: int | None = None) -> str:
     top = max(probs, key=probs.get)
-    return f"{kind} classifier: **{top}** ({probs[top]:.1%}).\n\n{domain_note(verdict)}{synthetic_note(source)}"
+    return (f"{kind} classifier: **{top}** ({probs[top]:.1%}){frame_note(source, frame)}.\n\n{domain_note(verdict)}"
+            f"{synthetic_note(source)}")
 
 
 def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 0,
-                 progress: Callable[[float], None] | None = None
+                 progress: Callable[[float], None] | None = None, frame: int | None = None
                  ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
     """Probabilities (exactly as ``classify``), LIME and Grad-CAM overlays, and a summary."""
     from .explain import explain
 
     seed = whole_number(seed, "LIME seed", 0, MAX_SEED)
     clf = store.classifier(domain, kind)
-    image = read_image(source, domain)
-    probs, verdict = assess(store, source, domain, kind)
+    image = read_image(source, domain, frame)
+    probs, verdict = assess(store, source, domain, kind, frame)
     cam = explain(image, clf, "gradcam")
     lime = explain(image, clf, "lime", seed=seed, progress=progress)
-    summary = (summary_line(kind, probs, verdict, source)
+    summary = (summary_line(kind, probs, verdict, source, frame)
                + f" LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s (both explain **{lime.target_class}**).")
     return probs, upscale_for_display(lime.overlay), upscale_for_display(cam.overlay), summary
 

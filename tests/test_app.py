@@ -184,6 +184,23 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
     with pytest.raises(Exception, match=r"my scan \(1\)\.png: not a recognised image") as caught:
         client.predict(handle_file(str(tmp_path / "my scan (1).png")), api_name="/classify")
     assert "/tmp" not in str(caught.value) and "gradio" not in str(caught.value)  # its own name, no server path
+    # a chest CT volume: the middle slice by default, any slice through `frame`, and the summary says which
+    import nibabel as nib
+
+    volume = np.full((48, 48, 5), -1000, np.int16)
+    for z in range(5):
+        volume[8:40, 8:40, z] = -700 + 150 * z  # every slice different
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "chest.nii.gz")
+    middle, summary = client.predict(handle_file(str(tmp_path / "chest.nii.gz")), domain="covid_ct",
+                                     api_name="/classify")
+    assert "frame/slice 2 of 5" in summary
+    same, _ = client.predict(handle_file(str(tmp_path / "chest.nii.gz")), domain="covid_ct", frame=2,
+                             api_name="/classify")
+    first, summary = client.predict(handle_file(str(tmp_path / "chest.nii.gz")), domain="covid_ct", frame=0,
+                                    api_name="/classify")
+    assert same == middle and first != middle and "frame/slice 0 of 5" in summary
+    with pytest.raises(Exception, match=r"chest\.nii\.gz: slice 5 does not exist"):
+        client.predict(handle_file(str(tmp_path / "chest.nii.gz")), domain="covid_ct", frame=5, api_name="/classify")
     client.close()
 
 

@@ -94,6 +94,24 @@ def test_unreadable_image_is_named(trained_tiny, tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
+def test_batch_classify_goes_on_past_a_bad_file(trained_tiny, tmp_path, capsys):
+    out, data = trained_tiny
+    good = [str(p) for p in sorted((data / "pro").glob("*.png"))[:2]]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    files = [good[0], str(tmp_path / "bad.png"), good[1]]
+    assert main(["classify", "--checkpoint", str(out), *files, "--json"]) == 2
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.strip().splitlines()]
+    assert [x["file"] for x in lines[:3]] == files  # a JSON line each, in order
+    assert "class" in lines[0] and "class" in lines[2] and "not a recognised image" in lines[1]["error"]
+    assert [r["file"] for r in lines[3]["results"]] == [good[0], good[1]] and len(lines[3]["errors"]) == 1
+    assert "bad.png: not a recognised image" in captured.err and "1 of 3 files could not be read" in captured.err
+    assert main(["classify", "--checkpoint", str(out), *files]) == 2  # plain output: the two readable files
+    captured = capsys.readouterr()
+    assert [line.split(":")[0] for line in captured.out.strip().splitlines()] == [good[0], good[1]]
+    assert "Traceback" not in captured.err
+
+
 def test_classify_json(trained_tiny, capsys):
     out, data = trained_tiny
     files = [str(p) for p in sorted((data / "pro").glob("*.png"))[:2]]

@@ -193,18 +193,26 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(tmp_path / "cam.jpg", 1).shape == (40, 20, 1)
 
 
-def test_multiframe_dicom_first_frame(tmp_path):
+def test_multiframe_dicom_middle_frame_by_default_any_frame_on_request(tmp_path):
     from pydicom import dcmread
 
+    from medsynth.io import frame_count
+
     frames = np.stack([np.full((20, 24), v, np.uint16) for v in (100, 900, 500)])
-    frames[0, :, :12] = 0  # first frame: left half dark, so min-max gives 0 and 255
+    frames[1, :, :12] = 0  # middle frame: left half dark, so min-max gives 0 and 255
+    frames[0, :10] = 0  # first frame: top half dark
     path = _dicom(tmp_path / "multi.dcm", frames[0])
     ds = dcmread(path)
     ds.NumberOfFrames = 3
     ds.PixelData = frames.tobytes()
     ds.save_as(path, enforce_file_format=True)
+    assert frame_count(path) == 3
     out = load_image(path, 1)[..., 0]
     assert out.shape == (20, 24) and (out[:, :12] == 0).all() and (out[:, 12:] == 255).all()
+    first = load_image(path, 1, frame=0)[..., 0]
+    assert (first[:10] == 0).all() and (first[10:] == 255).all()
+    with pytest.raises(ImageLoadError, match=r"multi\.dcm: frame 3 does not exist; the file has 3 frames, numbered 0 to 2"):
+        load_image(path, 1, frame=3)
 
 
 def test_truncated_uncompressed_dicom_is_called_corrupt(tmp_path):

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medsynth"
 LAYERS = [
     ["medsynth", "errors", "atomic", "domains", "recipes", "hardware", "metrics", "fidelity", "memorization",
      "training.schedule", "training", "cards", "synthetic"],
-    ["io", "transforms"],
+    ["scans", "io", "transforms"],
     ["data", "classify", "diffusion", "upsampler", "synthetic.provenance", "synthetic.marking", "cards.render"],
     ["features", "explain", "training.loop", "synthetic.generate", "synthetic.upsample", "synthetic.merge", "synthetic.curate"],
     ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..domains import DOMAINS
 from ..errors import MedsynthError
-from .common import positive_int
+from .common import EXIT_USER_ERROR, positive_int
 
 
 def _add_evaluate(sub) -> None:
@@ -64,24 +64,40 @@ def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="class probabilities for image files",
                        description="Print the top class and every class probability for each IMAGE.")
     p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, WebP or DICOM files")
-    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with all results")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="PNG, JPEG, BMP, TIFF, WebP, GIF, DICOM (any syntax in docs/inputs.md) or NIfTI files")
+    _add_frame(p)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON line per file ({file, class, ...} or {file, error}), then a last line with all "
+                   "results")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
     p.set_defaults(func=_cmd_classify)
 
 
+def _add_frame(p) -> None:
+    p.add_argument("--frame", "--slice", dest="frame", type=int, default=None, metavar="N",
+                   help="which frame of a multi-frame DICOM (or animation) or which axial slice of a NIfTI volume "
+                   "to read, counted from 0 (default: the middle frame/slice; an animation's first frame)")
+
+
 def _cmd_classify(args) -> int:
+    import sys
+
     from ..classify import load_classifier
     from ..evaluate import classify_files
 
     started = time.time()
     clf = load_classifier(args.checkpoint, args.device)
-    results = classify_files(clf, args.images, checkpoint=args.checkpoint)
-    if args.json:
-        print(json.dumps({"domain": clf.config.domain, "classes": clf.classes, "results": results,
-                          "seconds": round(time.time() - started, 3)}))
-        return 0
+    results = classify_files(clf, args.images, checkpoint=args.checkpoint, frame=args.frame)
+    refused = [r for r in results if "error" in r]
     for r in results:
+        if "error" in r:
+            print(f"medsynth: error: {r['error']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(r))
+            continue
+        if "error" in r:
+            continue
         probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
         flag = "" if r["in_domain"] is not False else "   OUT OF DOMAIN: " + r["out_of_domain"]["note"]
         if r.get("synthetic"):
@@ -89,6 +105,14 @@ def _cmd_classify(args) -> int:
 
             flag += "   SYNTHETIC: " + describe(r["synthetic"])
         print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]{flag}")
+    if args.json:
+        print(json.dumps({"domain": clf.config.domain, "classes": clf.classes,
+                          "results": [r for r in results if "error" not in r], "errors": refused,
+                          "seconds": round(time.time() - started, 3)}))
+    if refused:
+        print(f"medsynth: {len(refused)} of {len(results)} file{'s' if len(results) != 1 else ''} could not be "
+              "read (named above); the others were classified", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
@@ -129,7 +153,8 @@ def _add_explain(sub) -> None:
         "superpixels that support (green) or oppose (red) the class; Grad-CAM a heat map with a colour bar.",
     )
     p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
-    p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, WebP or DICOM file")
+    p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, WebP, GIF, DICOM or NIfTI file")
+    _add_frame(p)
     p.add_argument("--method", choices=list(METHODS), default="lime", help="(default %(default)s)")
     p.add_argument("--out", required=True, help="overlay PNG to write")
     p.add_argument("--target", default=None, help="class to explain (default: the predicted class)")
@@ -154,7 +179,7 @@ def _cmd_explain(args) -> int:
     from ..io import load_image
 
     clf = load_classifier(args.checkpoint, args.device)
-    image = load_image(args.image, clf.config.channels)
+    image = load_image(args.image, clf.config.channels, frame=args.frame)
     exp = explain(image, clf, args.method, args.target, num_samples=args.num_samples, num_features=args.num_features,
                   n_segments=args.n_segments, positive_only=not args.negative, hide_color=args.hide_color,
                   seed=args.seed)
