@@ -20,6 +20,7 @@ if not os.environ.get("GRADIO_TEMP_DIR"):  # uploads in a private folder (0700) 
     _atexit.register(_shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
 
 import atexit  # noqa: E402
+import json  # noqa: E402
 import queue  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
@@ -287,17 +288,31 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         """The slider moved: that frame becomes the API's `frame`, and the view shows it."""
         return int(frame), *show_view(image, domain, classifier, frame)
 
+    def label_for(probs, verdict):
+        """gr.Label's value: the probabilities under the top class, or under "blank image" / "out of domain"
+        (the headline never names a class for them). gr.Label takes such a headline only from a JSON file."""
+        head = service.headline(probs, verdict)
+        if head == max(probs, key=probs.get):
+            return probs
+        fd, path = tempfile.mkstemp(suffix=".json", dir=downloads)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"label": head, "confidences": [{"label": c, "confidence": p} for c, p in
+                                                      sorted(probs.items(), key=lambda kv: -kv[1])]}, fh)
+        return path
+
     @_user_error
     def do_classify(image, domain=default_domain, classifier=default_kind, frame=None):
         frame = frame_index(image, frame)
         probs, verdict = service.assess(store, image, domain, classifier, frame)
-        return probs, service.summary_line(classifier, probs, verdict, image, frame)
+        return label_for(probs, verdict), service.summary_line(classifier, probs, verdict, image, frame)
 
     @_user_error
     def do_explain(image, domain=default_domain, classifier=default_kind, lime_seed=0, frame=None,
                    progress=gr.Progress()):
-        return service.explain_both(store, image, domain, classifier, lime_seed,
-                                    progress=lambda f: progress(f, desc="LIME"), frame=frame_index(image, frame))
+        frame = frame_index(image, frame)
+        probs, lime, cam, summary, verdict = service.explain_both(
+            store, image, domain, classifier, lime_seed, progress=lambda f: progress(f, desc="LIME"), frame=frame)
+        return label_for(probs, verdict), lime, cam, summary
 
     def sampling_for(domain, model):
         """The chosen model's own recipe (the settings its audited set was drawn with) as the defaults."""

@@ -59,7 +59,8 @@ def evaluate_folder(
 
 def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int = 16,
                    checkpoint: str | Path | None = None, frame: int | None = None) -> list[dict]:
-    """Per file: the top class, its probability, every class probability and the out-of-domain guard's
+    """Per file: the headline (the top class, or "blank image" / "out of domain", for which the
+    probabilities are not meaningful: ``ood.headline``), the top class, its probability, every class probability and the out-of-domain guard's
     verdict (``in_domain``: true, false, or null where no reference is found beside ``checkpoint`` or in
     the folder above it; ``out_of_domain``: the verdict with its score, threshold and note; ``synthetic``:
     what the file's synthetic-image mark says (``synthetic.marking.read_marking``), or null). A file that
@@ -84,6 +85,7 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
         top = int(p.argmax())
         results[index] = {
             "file": str(path),
+            "headline": ood.headline(clf.classes[top], verdict),
             "class": clf.classes[top],
             "probability": float(p[top]),
             "probabilities": {c: float(v) for c, v in zip(clf.classes, p)},

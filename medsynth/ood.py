@@ -188,18 +188,42 @@ BLANK_STD = 2.0
 
 
 def check(reference: Reference | None, images) -> list[dict]:
-    """The guard's verdict for each image (uint8 (H, W, C) in the domain's channels)."""
+    """The guard's verdict for each image (uint8 (H, W, C) in the domain's channels). ``blank`` is true for
+    an image of one flat colour, which is never in the domain, with or without a reference."""
     images = [np.asarray(im) for im in images]
     if reference is None:
-        return [verdict(None, np.zeros((1, 1))) for _ in images]
-    feats = guard_features(images, int(reference.info.get("size", 64)))
-    out = []
-    for i, image in enumerate(images):
-        answer = verdict(reference, feats[i : i + 1])
-        if float(image.std()) < BLANK_STD:
+        out = [verdict(None, np.zeros((1, 1))) for _ in images]
+    else:
+        feats = guard_features(images, int(reference.info.get("size", 64)))
+        out = [verdict(reference, feats[i : i + 1]) for i in range(len(images))]
+    for image, answer in zip(images, out):
+        answer["blank"] = float(image.std()) < BLANK_STD
+        if answer["blank"]:
             answer.update(in_domain=False, note="is blank (one flat colour): there is nothing to classify")
-        out.append(answer)
     return out
+
+
+def headline(top_class: str, answer: dict) -> str:
+    """What a prediction's headline says: the top class, or why there is none ("blank image",
+    "out of domain"). The class probabilities of a blank or out-of-domain image are not meaningful."""
+    if answer.get("blank"):
+        return "blank image"
+    if answer.get("in_domain") is False:
+        return "out of domain"
+    return top_class
+
+
+def sentence(top_class: str, probability: float, answer: dict) -> str:
+    """The verdict and the prediction in one plain sentence, for the CLI and the app's summary."""
+    if answer.get("blank"):
+        return (f"Blank image: it is one flat colour, so there is nothing to classify (the CNN's output, "
+                f"{top_class} {probability:.1%}, means nothing here).")
+    if answer.get("in_domain") is False:
+        return (f"Out of domain: this image {answer['note'].split(';')[0]}, so the CNN's output ({top_class} "
+                f"{probability:.1%}) is not meaningful.")
+    if answer.get("in_domain") is True:
+        return f"{top_class} ({probability:.1%}); the image looks like the domain's real images."
+    return f"{top_class} ({probability:.1%}); not checked for out-of-domain input ({answer.get('note', '')})."
 
 
 def fit_domain(domain: str, train: str | Path, calibration: str | Path, out: str | Path,

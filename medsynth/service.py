@@ -470,27 +470,47 @@ def synthetic_note(source) -> str:
     return f"\n\n**Synthetic image:** {describe(marking)}." if marking else ""
 
 
+def headline(probs: dict[str, float], verdict: dict) -> str:
+    """The prediction's headline: the top class, or "blank image" / "out of domain" (``ood.headline``)."""
+    from .ood import headline as ood_headline
+
+    return ood_headline(max(probs, key=probs.get), verdict)
+
+
 def summary_line(kind: str, probs: dict[str, float], verdict: dict, source=None, frame: int | None = None) -> str:
     top = max(probs, key=probs.get)
+    head = headline(probs, verdict)
+    if head != top:  # blank or out of domain: no diagnosis, and the probabilities say they mean nothing
+        return (f"{kind} classifier: **{head}**{frame_note(source, frame)}: no class is given. "
+                f"{domain_note(verdict)} The class probabilities are what the CNN outputs for any input "
+                f"(top: {top}, {probs[top]:.1%}) and are **not meaningful** for this image.{synthetic_note(source)}")
     return (f"{kind} classifier: **{top}** ({probs[top]:.1%}){frame_note(source, frame)}.\n\n{domain_note(verdict)}"
             f"{synthetic_note(source)}")
 
 
 def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 0,
                  progress: Callable[[float], None] | None = None, frame: int | None = None
-                 ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
-    """Probabilities (exactly as ``classify``), LIME and Grad-CAM overlays, and a summary."""
+                 ) -> tuple[dict[str, float], np.ndarray | None, np.ndarray | None, str, dict]:
+    """Probabilities (exactly as ``classify``), LIME and Grad-CAM overlays (None for a blank image, which has
+    nothing to explain), a summary, and the out-of-domain verdict."""
     from .explain import explain
 
     seed = whole_number(seed, "LIME seed", 0, MAX_SEED)
     clf = store.classifier(domain, kind)
     image = read_image(source, domain, frame)
     probs, verdict = assess(store, source, domain, kind, frame)
+    if verdict.get("blank"):  # one flat colour: every region is the same, so there is nothing to attribute
+        return probs, None, None, (summary_line(kind, probs, verdict, source, frame)
+                                   + " **Nothing to explain:** a blank image has no regions that could support "
+                                   "one class more than another; LIME and Grad-CAM were not run."), verdict
     cam = explain(image, clf, "gradcam")
     lime = explain(image, clf, "lime", seed=seed, progress=progress)
     summary = (summary_line(kind, probs, verdict, source, frame)
                + f" LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s (both explain **{lime.target_class}**).")
-    return probs, upscale_for_display(lime.overlay), upscale_for_display(cam.overlay), summary
+    if verdict.get("in_domain") is False:
+        summary += (f" The image is out of domain: the overlays show where the CNN looks to produce "
+                    f"{lime.target_class}, a class that is not meaningful for this image, not a finding.")
+    return probs, upscale_for_display(lime.overlay), upscale_for_display(cam.overlay), summary, verdict
 
 
 def sampling_defaults(store: ModelStore, domain: str, model: str = "diffusion") -> dict:

@@ -103,7 +103,7 @@ def test_plan_and_generate(store, tmp_path):
 def test_classify_and_explain(store, tmp_path):
     probs = service.classify(store, str(EXAMPLE), "covid_ct", "real-trained")
     assert set(probs) == {"covid", "non_covid"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-    same, lime, cam, summary = service.explain_both(store, str(EXAMPLE), "covid_ct", "real-trained", seed=0)
+    same, lime, cam, summary, _ = service.explain_both(store, str(EXAMPLE), "covid_ct", "real-trained", seed=0)
     assert same == probs  # one code path: Explain reports exactly what Classify reports
     assert lime.ndim == 3 and cam.ndim == 3 and "real-trained classifier" in summary
     assert "Not checked for out-of-domain input" in summary  # the tiny classifier has no reference
@@ -184,6 +184,16 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
     with pytest.raises(Exception, match=r"my scan \(1\)\.png: not a recognised image") as caught:
         client.predict(handle_file(str(tmp_path / "my scan (1).png")), api_name="/classify")
     assert "/tmp" not in str(caught.value) and "gradio" not in str(caught.value)  # its own name, no server path
+    # a blank image: the headline says so, never a class; the probabilities stay, said to mean nothing
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "grey.png")
+    label, summary = client.predict(handle_file(str(tmp_path / "grey.png")), domain="covid_ct", api_name="/classify")
+    assert label["label"] == "blank image" and {c["label"] for c in label["confidences"]} == {"covid", "non_covid"}
+    assert "not meaningful" in summary and "no class is given" in summary
+    label, lime, cam, summary = client.predict(handle_file(str(tmp_path / "grey.png")), domain="covid_ct",
+                                               api_name="/explain")
+    assert label["label"] == "blank image" and lime is None and cam is None and "Nothing to explain" in summary
     # a chest CT volume: the middle slice by default, any slice through `frame`, and the summary says which
     import nibabel as nib
 

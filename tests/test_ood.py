@@ -53,9 +53,14 @@ def test_reference_round_trips_and_a_damaged_file_is_refused(tmp_path):
         ood.calibrate(ref, rng.normal(size=(5, 16)))
 
 
-def test_no_reference_means_unchecked_not_in_domain():
-    (answer,) = ood.check(None, [np.zeros((20, 20, 1), np.uint8)])
-    assert answer["checked"] is False and answer["in_domain"] is None
+def test_no_reference_means_unchecked_not_in_domain_but_blank_is_always_caught():
+    noise = np.random.default_rng(0).integers(0, 255, (20, 20, 1), dtype=np.uint8)
+    unchecked, blank = ood.check(None, [noise, np.full((20, 20, 1), 90, np.uint8)])
+    assert unchecked["checked"] is False and unchecked["in_domain"] is None and unchecked["blank"] is False
+    assert ood.headline("glioma", unchecked) == "glioma" and "not checked" in ood.sentence("glioma", 0.9, unchecked)
+    assert blank["blank"] is True and blank["in_domain"] is False
+    assert ood.headline("glioma", blank) == "blank image"
+    assert ood.sentence("glioma", 0.92, blank).startswith("Blank image: it is one flat colour")
 
 
 def test_ood_fit_then_classify_flags_photos_and_blank_images(tmp_path, trained_tiny):
@@ -93,6 +98,19 @@ def test_ood_fit_then_classify_flags_photos_and_blank_images(tmp_path, trained_t
     results = json.loads(out.getvalue().strip().splitlines()[-1])["results"]
     assert [r["in_domain"] for r in results] == [True, False, False]  # a calibration image passes by construction
     assert "blank" in results[2]["out_of_domain"]["note"]
+    # the headline never names a class for what is not a scan
+    assert [r["headline"] for r in results] == [results[0]["class"], "out of domain", "blank image"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["classify", "--checkpoint", str(domain_dir / "classifier"), str(in_domain),
+              str(tmp_path / "astronaut.png"), str(tmp_path / "white.png")])
+    lines = out.getvalue().strip().splitlines()
+    assert "the image looks like the domain's real images" in lines[0]
+    assert "astronaut.png: Out of domain: this image does not look like this domain's images" in lines[1]
+    assert "white.png: Blank image: it is one flat colour, so there is nothing to classify" in lines[2]
+    assert main(["explain", "--checkpoint", str(domain_dir / "classifier"), str(tmp_path / "white.png"),
+                 "--method", "gradcam", "--out", str(tmp_path / "w.png")]) == 2
+    assert not (tmp_path / "w.png").exists()
     assert results[1]["out_of_domain"]["score"] > results[1]["out_of_domain"]["threshold"]
     # a classifier without a reference anywhere is unchecked, said plainly
     out = io.StringIO()

@@ -85,6 +85,7 @@ def _cmd_classify(args) -> int:
 
     from ..classify import load_classifier
     from ..evaluate import classify_files
+    from ..ood import sentence
 
     started = time.time()
     clf = load_classifier(args.checkpoint, args.device)
@@ -99,12 +100,12 @@ def _cmd_classify(args) -> int:
         if "error" in r:
             continue
         probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
-        flag = "" if r["in_domain"] is not False else "   OUT OF DOMAIN: " + r["out_of_domain"]["note"]
+        line = f"{r['file']}: {sentence(r['class'], r['probability'], r['out_of_domain'])}   [{probs}]"
         if r.get("synthetic"):
             from ..synthetic.marking import describe
 
-            flag += "   SYNTHETIC: " + describe(r["synthetic"])
-        print(f"{r['file']}: {r['class']} ({r['probability']:.3f})   [{probs}]{flag}")
+            line += f"   Marked synthetic: {describe(r['synthetic'])}."
+        print(line)
     if args.json:
         print(json.dumps({"domain": clf.config.domain, "classes": clf.classes,
                           "results": [r for r in results if "error" not in r], "errors": refused,
@@ -178,17 +179,27 @@ def _cmd_explain(args) -> int:
     from ..explain import explain, save_overlay
     from ..io import load_image
 
+    from .. import ood
+
     clf = load_classifier(args.checkpoint, args.device)
     image = load_image(args.image, clf.config.channels, frame=args.frame)
+    verdict = ood.check(ood.find_reference(args.checkpoint, clf.config.domain), [image])[0]
+    if verdict["blank"]:
+        raise MedsynthError(f"{args.image}: blank image (one flat colour): nothing to explain, since no region can "
+                            "support one class more than another")
     exp = explain(image, clf, args.method, args.target, num_samples=args.num_samples, num_features=args.num_features,
                   n_segments=args.n_segments, positive_only=not args.negative, hide_color=args.hide_color,
                   seed=args.seed)
     save_overlay(exp, args.out)
     if args.json:
-        print(json.dumps({"file": args.image, **exp.summary(), "out": args.out}))
+        print(json.dumps({"file": args.image, **exp.summary(), "out": args.out, "in_domain": verdict["in_domain"],
+                          "out_of_domain": verdict}))
     else:
+        caveat = ("" if verdict["in_domain"] is not False else
+                  f" Out of domain: this image {verdict['note'].split(';')[0]}; the overlay shows where the CNN looks "
+                  f"to produce {exp.target_class}, which is not meaningful for it.")
         print(f"{args.image}: {exp.target_class} ({exp.probability:.3f}); {args.method} overlay written to "
-              f"{args.out} in {exp.seconds:.1f} s")
+              f"{args.out} in {exp.seconds:.1f} s.{caveat}")
     return 0
 
 
