@@ -536,7 +536,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                         g_sampler = gr.Dropdown(list(SAMPLERS), value=recipe["sampler"], label="sampler",
                                                 info="defaults: the settings this model's audited set was drawn with")
                         g_steps = SliderField(1, service.MAX_STEPS, value=recipe["steps"], step=1, label="steps")
-                        g_guidance = SliderField(0.0, 8.0, value=recipe["guidance"], step=0.5,
+                        g_guidance = SliderField(1.0, 8.0, value=recipe["guidance"], step=0.5,
                                                label="guidance (1 = none)")
                         g_start = gr.Radio(["mean", "prior"], value=recipe["start_from"], label="start from",
                                            info="the class's mean colour, or a coarse layout drawn from the training "

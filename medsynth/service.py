@@ -311,7 +311,7 @@ def generate(
     from .recipes import SAMPLERS, STARTS
 
     steps = whole_number(steps, "steps", 1, MAX_STEPS)
-    guidance = real_number(guidance, "guidance", 0.0, 20.0)
+    guidance = real_number(guidance, "guidance", 1.0, 8.0)  # the app's slider; 1 = no guidance
     if sampler not in SAMPLERS:
         raise MedsynthError(f"unknown sampler {sampler!r}; expected one of: {', '.join(SAMPLERS)}")
     if (start_from or "mean") not in STARTS:

@@ -232,7 +232,7 @@ def test_browser_flows(running_app, models_dir, tmp_path):
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
-        pytest.skip("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed: sudo apt-get install -y chromium (Debian/Ubuntu; .ci/run does this)")
     from playwright.sync_api import expect, sync_playwright
 
     shots = Path(os.environ.get("MEDSYNTH_SCREENSHOTS", tmp_path / "shots"))
