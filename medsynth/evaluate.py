@@ -63,11 +63,15 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
     probabilities are not meaningful: ``ood.headline``), the top class, its probability, every class probability and the out-of-domain guard's
     verdict (``in_domain``: true, false, or null where no reference is found beside ``checkpoint`` or in
     the folder above it; ``out_of_domain``: the verdict with its score, threshold and note; ``synthetic``:
-    what the file's synthetic-image mark says (``synthetic.marking.read_marking``), or null). A file that
+    what the file's synthetic-image mark says (``synthetic.marking.read_marking``), or null; ``resolution``:
+    the input's own width, height and size (longer side) and, below the size where the checkpoint's
+    measured accuracy drops clearly, ``low: true`` and a ``note`` quoting it (``resolution.warning_for``;
+    ``low`` is null for a checkpoint without the measurement). A file that
     cannot be read gives ``{"file", "error"}`` (the reason, one line) and the others are still classified.
     ``frame``: which frame of multi-frame files / slice of volumes (``io.load_image``; default the middle)."""
     from . import ood
     from .errors import ImageLoadError
+    from .resolution import profile, warning_for
     from .synthetic.marking import read_marking
 
     loaded, refused = [], {}
@@ -80,8 +84,9 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
     probs = clf.predict_proba(images, batch_size=batch_size) if images else []
     reference = ood.find_reference(checkpoint, clf.config.domain) if checkpoint is not None else None
     verdicts = ood.check(reference, images) if images else []
+    sizes = profile(checkpoint) if checkpoint is not None else None
     results = dict(refused)
-    for (index, path, _), p, verdict in zip(loaded, probs, verdicts):
+    for (index, path, image), p, verdict in zip(loaded, probs, verdicts):
         top = int(p.argmax())
         results[index] = {
             "file": str(path),
@@ -92,5 +97,6 @@ def classify_files(clf: Classifier, files: Sequence[str | Path], batch_size: int
             "in_domain": verdict["in_domain"],
             "out_of_domain": verdict,
             "synthetic": read_marking(path),
+            "resolution": warning_for(sizes, image.shape),
         }
     return [results[i] for i in range(len(files))]

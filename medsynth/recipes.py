@@ -83,6 +83,10 @@ class ClassifierRecipe:
     balance: str = "weights"  # "weights" (class-weighted loss) or "none"
     augment: str = "domain"  # "domain" (the domain's augmentations) or "strong" (wider, plus blur/noise/gamma/erasing)
     mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs; 0 = off
+    # small uploads: with this probability an image is reduced to a random size in [low_res_floor, its own],
+    # maybe JPEG'd and blurred, and enlarged back (transforms.RandomLowResolution); 0 = off
+    low_res: float = 0.0
+    low_res_floor: int = 32
     freeze_stages: int = 0  # keep the stem and the first N-1 stages at their initial weights (timm's coarse groups)
     ema: float = 0.0  # per-step decay of a moving average of the weights, validated and kept instead; 0 = off
     image_size: int | None = None  # None: the domain's default classifier size
@@ -117,6 +121,10 @@ class ClassifierRecipe:
             raise MedsynthError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.augment not in ("domain", "strong"):
             raise MedsynthError(f"--augment must be 'domain' or 'strong', got {self.augment!r}")
+        if not 0.0 <= self.low_res <= 1.0:
+            raise MedsynthError(f"--low-res must be a probability in [0, 1] (0 = off), got {self.low_res}")
+        if self.low_res_floor < 8:
+            raise MedsynthError(f"--low-res-floor must be at least 8 px, got {self.low_res_floor}")
         if self.mixup < 0:
             raise MedsynthError(f"--mixup must be >= 0 (0 = off), got {self.mixup}")
         if not 0.0 <= self.ema < 1.0:

@@ -179,6 +179,13 @@ class ModelStore:
             )
         return self._load(self.path(domain, folder), load_classifier)
 
+    def size_profile(self, domain: str, kind: str = "real-trained") -> dict | None:
+        """The classifier's measured accuracy by input size (``resolution.profile``), or None."""
+        from .resolution import profile
+
+        folder = CLASSIFIER_KINDS.get(_plain_name(kind, "the classifier"), kind)
+        return profile(self.path(domain, folder))
+
     def ood_reference(self, domain: str, kind: str = "real-trained"):
         """The out-of-domain reference guarding a classifier: beside it, else the domain's shipped one."""
         from . import ood
@@ -448,10 +455,14 @@ def assess(store: ModelStore, source, domain: str, kind: str,
     """Every class probability (for a gr.Label) and the out-of-domain guard's verdict."""
     from . import ood
 
+    from .resolution import warning_for
+
     clf = store.classifier(domain, kind)
     image = read_image(source, domain, frame)
     probs = clf.predict_proba([image])[0]
     verdict = ood.check(store.ood_reference(domain, kind), [image])[0]
+    # the input's own resolution and, below the measured drop, a warning: kept apart from the domain check
+    verdict["resolution"] = warning_for(store.size_profile(domain, kind), image.shape)
     return {c: float(p) for c, p in zip(clf.classes, probs)}, verdict
 
 
@@ -477,6 +488,16 @@ def headline(probs: dict[str, float], verdict: dict) -> str:
     return ood_headline(max(probs, key=probs.get), verdict)
 
 
+def size_note(verdict: dict) -> str:
+    """The input's own resolution as a Markdown line, with the small-scan warning where it applies."""
+    size = verdict.get("resolution")
+    if not size:
+        return ""
+    if size.get("low"):
+        return f"\n\n⚠️ **Small scan:** {size['note']}"
+    return f"\n\nInput: {size['width']}x{size['height']} px."
+
+
 def summary_line(kind: str, probs: dict[str, float], verdict: dict, source=None, frame: int | None = None) -> str:
     top = max(probs, key=probs.get)
     head = headline(probs, verdict)
@@ -485,7 +506,7 @@ def summary_line(kind: str, probs: dict[str, float], verdict: dict, source=None,
                 f"{domain_note(verdict)} The class probabilities are what the CNN outputs for any input "
                 f"(top: {top}, {probs[top]:.1%}) and are **not meaningful** for this image.{synthetic_note(source)}")
     return (f"{kind} classifier: **{top}** ({probs[top]:.1%}){frame_note(source, frame)}.\n\n{domain_note(verdict)}"
-            f"{synthetic_note(source)}")
+            f"{size_note(verdict)}{synthetic_note(source)}")
 
 
 def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 0,

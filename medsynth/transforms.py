@@ -188,3 +188,60 @@ def build_augmentation(aug: Augmentation, channels: int, strength: str = "domain
             v2.RandomErasing(p=STRONG["erase"], scale=(0.02, 0.12), value=0.0),
         ]
     return torch.nn.Sequential(*steps)
+
+
+class RandomLowResolution(torch.nn.Module):
+    """Training augmentation for small uploads: with probability ``p``, the image (float (C, H, W) in
+    [0, 1]) is reduced to a random size between ``floor`` and its own (longer side; antialiased bicubic,
+    as an export of a small copy), JPEG re-compressed at a random quality with probability ``p_jpeg``,
+    enlarged back (bilinear, as the classifier's own resize) and, with probability ``p_blur``, mildly
+    blurred: the scans a classifier meets as screenshots, thumbnails and viewer exports.
+
+    ``draw(generator)`` gives one draw's parameters; ``apply`` is the deterministic transform; ``forward``
+    draws from torch's global generator (seeded per process and DataLoader worker).
+    """
+
+    def __init__(self, floor: int = 32, p: float = 0.5, jpeg_quality: tuple[int, int] = (40, 95),
+                 p_jpeg: float = 0.5, blur_sigma: tuple[float, float] = (0.3, 1.0), p_blur: float = 0.25) -> None:
+        super().__init__()
+        if floor < 8:
+            raise ValueError(f"the low-resolution floor must be at least 8 px, got {floor}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the low-resolution probability must be in [0, 1], got {p}")
+        self.floor, self.p, self.jpeg_quality, self.p_jpeg = int(floor), float(p), jpeg_quality, float(p_jpeg)
+        self.blur_sigma, self.p_blur = blur_sigma, float(p_blur)
+
+    def draw(self, full: int, generator: torch.Generator | None = None) -> dict | None:
+        """One draw for an image of longer side ``full``: {"size", "jpeg_quality" or None, "blur_sigma" or
+        None}, or None (left as it is)."""
+        u = torch.rand(4, generator=generator)
+        if u[0] >= self.p or full <= self.floor:
+            return None
+        size = int(torch.randint(self.floor, full + 1, (1,), generator=generator))
+        lo, hi = self.jpeg_quality
+        quality = int(lo + (hi - lo) * float(u[2])) if u[1] < self.p_jpeg else None
+        sigma = (self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * float(u[2])
+                 if u[3] < self.p_blur else None)
+        return {"size": size, "jpeg_quality": quality, "blur_sigma": sigma}
+
+    @staticmethod
+    def apply(chw: torch.Tensor, size: int, jpeg_quality: int | None = None,
+              blur_sigma: float | None = None) -> torch.Tensor:
+        """Reduce to longer side ``size``, optionally JPEG, enlarge back to the input's shape, optionally blur."""
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        h, w = chw.shape[-2:]
+        scale = size / max(h, w)
+        small = F.interpolate(chw[None], size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bicubic",
+                              antialias=True, align_corners=False)[0].clamp(0, 1)
+        if jpeg_quality is not None:
+            levels = small.mul(255).round().to(torch.uint8)
+            small = decode_jpeg(encode_jpeg(levels, quality=int(jpeg_quality))).to(torch.float32).div(255)
+        out = F.interpolate(small[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        if blur_sigma is not None:
+            out = v2.functional.gaussian_blur(out, kernel_size=5, sigma=float(blur_sigma))
+        return out.clamp(0, 1)
+
+    def forward(self, chw: torch.Tensor) -> torch.Tensor:
+        params = self.draw(max(chw.shape[-2:]))
+        return chw if params is None else self.apply(chw, **params)

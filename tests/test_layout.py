@@ -16,7 +16,7 @@ LAYERS = [
     ["medsynth", "errors", "atomic", "domains", "recipes", "hardware", "metrics", "fidelity", "memorization",
      "training.schedule", "training", "cards", "synthetic"],
     ["scans", "io", "transforms"],
-    ["data", "classify", "diffusion", "upsampler", "synthetic.provenance", "synthetic.marking", "cards.render"],
+    ["data", "classify", "resolution", "diffusion", "upsampler", "synthetic.provenance", "synthetic.marking", "cards.render"],
     ["features", "explain", "training.loop", "synthetic.generate", "synthetic.upsample", "synthetic.merge", "synthetic.curate"],
     ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],
     ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs"],

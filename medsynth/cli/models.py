@@ -101,6 +101,8 @@ def _cmd_classify(args) -> int:
             continue
         probs = "  ".join(f"{c} {p:.3f}" for c, p in r["probabilities"].items())
         line = f"{r['file']}: {sentence(r['class'], r['probability'], r['out_of_domain'])}   [{probs}]"
+        if r["resolution"].get("low"):
+            line += f"   Small scan: {r['resolution']['note']}"
         if r.get("synthetic"):
             from ..synthetic.marking import describe
 

@@ -57,6 +57,12 @@ def _add_train_classifier(sub) -> None:
     g.add_argument("--augment", choices=["domain", "strong"], default=R.augment,
                    help="the domain's augmentations, or strong: wider affine and intensity ranges plus blur, "
                    "gamma, pixel noise and random erasing, for training on synthetic images (default %(default)s)")
+    g.add_argument("--low-res", type=float, default=R.low_res, metavar="P",
+                   help="robustness to small uploads: with probability P reduce a training image to a random size "
+                   "between --low-res-floor and its own, maybe JPEG it (quality 40-95) and blur it, and enlarge it "
+                   "back; 0 = off (default %(default)s)")
+    g.add_argument("--low-res-floor", type=int, default=R.low_res_floor, metavar="PX",
+                   help="the smallest size (longer side, px) --low-res reduces to (default %(default)s)")
     g.add_argument("--mixup", type=float, default=R.mixup, metavar="ALPHA",
                    help="mix image pairs and their labels with weights from Beta(ALPHA, ALPHA); 0 = off "
                    "(default %(default)s)")

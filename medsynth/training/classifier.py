@@ -43,7 +43,7 @@ from ..hardware import describe, make_accelerator
 from ..metrics import classification_metrics
 from ..recipes import DEFAULT_ARCH, ClassifierRecipe
 from ..synthetic.provenance import read_provenance
-from ..transforms import Normalize, build_augmentation
+from ..transforms import Normalize, RandomLowResolution, build_augmentation
 from .schedule import warmup_cosine
 
 
@@ -277,6 +277,8 @@ def train_classifier(recipe: ClassifierRecipe) -> dict:
     normalize = Normalize(mean, std)
     frozen = freeze_stages(model, recipe.freeze_stages)
     augment = build_augmentation(domain.augmentation, domain.channels, recipe.augment)
+    if recipe.low_res > 0:  # before the domain's augmentations: a small scan is then flipped, jittered, ...
+        augment = torch.nn.Sequential(RandomLowResolution(recipe.low_res_floor, recipe.low_res), augment)
     train_ds = ArrayDataset(train_images, train_labels, torch.nn.Sequential(augment, normalize))
     val_ds = ArrayDataset(val_images, [s.label for s in val_samples], normalize)
     generator = torch.Generator().manual_seed(recipe.seed)
