@@ -113,6 +113,15 @@ def in_public_space() -> bool:
     return bool(os.environ.get("SPACE_ID")) or os.environ.get("MEDSYNTH_SPACE") == "1"
 
 
+try:  # Hugging Face ZeroGPU Spaces: the model calls borrow a GPU per call; elsewhere nothing changes
+    import spaces  # noqa: E402
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn):
+        return fn
+
+
 def _user_error(fn):
     """Show MedsynthError (bad file, unknown class, missing model) as a UI error, not a stack trace."""
     import functools
@@ -182,6 +191,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                             value=c_kind_value if c_kind_value in kinds else (kinds[0] if kinds else "real-trained")))
 
     # -- callbacks (thin: parse UI values, call the service, shape the outputs) --------------------
+    @gpu
     @_user_error
     def do_generate(domain, class_choice="all classes", count=4, sampler=DEFAULT_SAMPLING["sampler"],
                     steps=DEFAULT_SAMPLING["steps"], guidance=DEFAULT_SAMPLING["guidance"], seed=0, model="diffusion",
@@ -300,12 +310,14 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
                                                       sorted(probs.items(), key=lambda kv: -kv[1])]}, fh)
         return path
 
+    @gpu
     @_user_error
     def do_classify(image, domain=default_domain, classifier=default_kind, frame=None):
         frame = frame_index(image, frame)
         probs, verdict = service.assess(store, image, domain, classifier, frame)
         return label_for(probs, verdict), service.summary_line(classifier, probs, verdict, image, frame)
 
+    @gpu
     @_user_error
     def do_explain(image, domain=default_domain, classifier=default_kind, lime_seed=0, frame=None,
                    progress=gr.Progress()):

@@ -310,7 +310,9 @@ class Classifier:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = Path(path)
+        from .hub import resolve
+
+        path = resolve(path, "classifier checkpoint")
         config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not path.is_dir():
             raise MedsynthError(f"checkpoint {path} is not a folder (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
@@ -352,10 +354,29 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     atomic.write_with(out_dir / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    atomic.write_json(out_dir / CONFIG_NAME, asdict(config))
+    atomic.write_json(out_dir / CONFIG_NAME, with_timm_fields(asdict(config)))
     if card is not None:
         atomic.write_text(out_dir / CARD_NAME, card)
     return out_dir
+
+
+def with_timm_fields(config: dict) -> dict:
+    """medsynth's config plus the keys timm reads, so that ``timm.create_model("local-dir:DIR",
+    pretrained=True)`` (and ``hf-hub:OWNER/NAME`` once pushed) rebuilds the network with its weights:
+    ``architecture``, ``num_classes``, ``label_names``, ``model_args`` (``in_chans``) and ``pretrained_cfg``
+    (input size, mean and std). timm's transforms resize and crop differently from medsynth's square padding,
+    so identical logits need medsynth's preprocessing (``Classifier.preprocess``)."""
+    import timm
+
+    arch, channels, size = config["arch"], int(config["channels"]), int(config["input_size"])
+    base = dict(timm.models.get_pretrained_cfg(arch).to_dict()) if timm.models.get_pretrained_cfg(arch) else {}
+    pretrained_cfg = {k: base[k] for k in ("first_conv", "classifier") if k in base}
+    pretrained_cfg.update(input_size=[channels, size, size], mean=list(config["mean"]), std=list(config["std"]),
+                          interpolation="bilinear", crop_pct=1.0, crop_mode="center",
+                          num_classes=len(config["classes"]))
+    return {**config, "architecture": arch, "num_classes": len(config["classes"]),
+            "label_names": list(config["classes"]), "model_args": {"in_chans": channels},
+            "pretrained_cfg": pretrained_cfg}
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Classifier:

@@ -338,7 +338,9 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Class
     Raises:
         MedsynthError: for a folder that is not a diffusion checkpoint, or damaged weights (naming the file).
     """
-    path = Path(path)
+    from .hub import resolve
+
+    path = resolve(path, "diffusion checkpoint")
     if not (path / "model_index.json").is_file():
         raise MedsynthError(
             f"{path} is not a diffusion checkpoint (no model_index.json); expected the folder written by "
@@ -393,6 +395,29 @@ def save_staged(out: str | Path, unet: torch.nn.Module, dtype: torch.dtype | Non
     return out
 
 
+#: The code file in every pipeline folder, so that plain diffusers loads it:
+#: ``DiffusionPipeline.from_pretrained(DIR, custom_pipeline="medsynth_diffusion", trust_remote_code=True)``
+#: (``medsynth_upsampler`` for an upsampler), locally or from the Hub. The class is medsynth's own
+#: (``pip install medsynth``). ``model_index.json`` keeps the plain class name, so medsynth's own loader
+#: never runs code from a checkpoint folder. One file name per pipeline kind: diffusers caches local
+#: pipeline modules by file name.
+PIPELINE_FILE = """\"\"\"diffusers entry point of a medsynth checkpoint: the pipeline class is medsynth's own.
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained("THIS_FOLDER", custom_pipeline="{stem}", trust_remote_code=True)
+\"\"\"
+from medsynth.{module} import {name}  # noqa: F401  (pip install medsynth)
+"""
+
+
+def write_pipeline_file(folder: str | Path, module: str, name: str) -> None:
+    """Write ``medsynth_<module>.py`` (``PIPELINE_FILE``) into a pipeline folder."""
+    from . import atomic
+
+    stem = f"medsynth_{module}"
+    atomic.write_text(Path(folder) / f"{stem}.py", PIPELINE_FILE.format(module=module, name=name, stem=stem))
+
+
 def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """``save_pretrained`` through ``save_staged``: every file old or new after a crash;
     ``dtype=torch.float16`` halves the weights."""
@@ -403,5 +428,6 @@ def save_pipeline(pipe: ClassConditionalPipeline, out: str | Path, dtype: torch.
                                  ).save_pretrained(staging, safe_serialization=True)
         if getattr(pipe, "start_prior", None) is not None:
             save_prior(pipe.start_prior, staging, pipe.classes)
+        write_pipeline_file(staging, "diffusion", "ClassConditionalPipeline")
 
     return save_staged(out, pipe.unet, dtype, write)

@@ -51,6 +51,8 @@ class Domain:
     #: The public dataset this domain's shipped models are trained on, and its licence as reported.
     dataset: str = ""
     dataset_license: str = "unknown"
+    #: Where that dataset is published (model cards link it in their text; it is not a Hub dataset id).
+    dataset_url: str = ""
     #: Known caveats of that dataset (confounders, leakage, label noise); every model card lists them.
     caveats: tuple[str, ...] = ()
 
@@ -91,6 +93,7 @@ DOMAINS: dict[str, Domain] = {
             description="Axial, coronal and sagittal MRI slices: three tumour types and no tumour.",
             dataset="Brain Tumor MRI Dataset (M. Nickparvar, Kaggle 2021; figshare, SARTAJ and Br35H)",
             dataset_license="CC0-1.0 as reported (not confirmed); component sets have their own terms",
+            dataset_url="https://www.kaggle.com/datasets/masoudnickparvar/brain-tumor-mri-dataset",
             caveats=(
                 "Class and source are confounded: all glioma and most meningioma and pituitary images are "
                 "512x512 figshare T1 contrast-enhanced slices, while notumor images come from Br35H/SARTAJ "
@@ -117,6 +120,7 @@ DOMAINS: dict[str, Domain] = {
             description="Peripheral blood smear images: hematogones (benign) and three B-ALL subtypes.",
             dataset="Acute Lymphoblastic Leukemia (ALL) image dataset (Aria et al., Kaggle 2021; Taleqani Hospital)",
             dataset_license="not confirmed",
+            dataset_url="https://www.kaggle.com/datasets/mehradaria/leukemia",
             caveats=(
                 "Split by image, not by patient (file names carry no patient IDs): cells and fields of one "
                 "patient can be on both sides, so validation accuracy is optimistic.",
@@ -138,6 +142,7 @@ DOMAINS: dict[str, Domain] = {
             description="Axial chest CT slices of patients with and without SARS-CoV-2 infection.",
             dataset="SARS-CoV-2 CT-scan dataset (Soares et al., medRxiv 2020; Sao Paulo, Brazil)",
             dataset_license="CC BY-NC-SA 4.0 as reported (not confirmed)",
+            dataset_url="https://www.kaggle.com/datasets/plameneduardo/sarscov2-ctscan-dataset",
             caveats=(
                 "The public copy is incomplete and already down-sized: all 1,252 COVID slices but only 684 of "
                 "1,229 non-COVID slices, so classes are ~65/35 instead of ~50/50.",

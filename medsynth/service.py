@@ -35,7 +35,14 @@ MAX_CACHED_MODELS = 6  # least recently used models are dropped beyond this
 
 
 def default_checkpoint_root() -> Path:
-    return Path(os.environ.get("MEDSYNTH_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+    """``MEDSYNTH_CHECKPOINTS`` (a folder, or a Hub id ``hf://OWNER/NAME`` holding <domain>/<model>/), else the
+    repository's ``checkpoints/`` beside the package."""
+    from .hub import is_hub_id, resolve
+
+    given = os.environ.get("MEDSYNTH_CHECKPOINTS")
+    if given and is_hub_id(given):
+        return resolve(given, "checkpoints")
+    return Path(given or Path(__file__).resolve().parent.parent / "checkpoints")
 
 
 SHIPPED_FOLDERS = ("diffusion", "upsampler", "classifier", "classifier_synthetic")

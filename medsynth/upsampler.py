@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion import log_snr, quiet_diffusers, sampler_scheduler, save_staged
+from .diffusion import log_snr, quiet_diffusers, sampler_scheduler, save_staged, write_pipeline_file
 from .errors import MedsynthError
 
 #: Levels of the conditioning-noise schedule (a DDPM linear schedule, as the x4 upscaler's).
@@ -267,7 +267,9 @@ def load_upsampler(path: str | Path, device: str | torch.device = "cpu") -> Upsa
     Raises:
         MedsynthError: for a folder that is not an upsampler checkpoint, or damaged weights.
     """
-    path = Path(path)
+    from .hub import resolve
+
+    path = resolve(path, "upsampler checkpoint")
     if not (path / "model_index.json").is_file():
         raise MedsynthError(f"{path} is not an upsampler checkpoint (no model_index.json); expected the folder "
                             "written by train-upsampler (model_index.json, unet/, scheduler/)")
@@ -290,8 +292,13 @@ def save_upsampler(pipe: UpsamplerPipeline, out: str | Path, dtype: torch.dtype 
     ``model_index.json`` last); ``dtype=torch.float16`` halves the weights."""
     quiet_diffusers()  # the fp16 cast's advice about modules kept in float32 does not apply (there are none)
     settings = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in ("unet", "scheduler")}
-    return save_staged(out, pipe.unet, dtype, lambda unet, staging: UpsamplerPipeline(
-        unet=unet, scheduler=pipe.scheduler, **settings).save_pretrained(staging, safe_serialization=True))
+
+    def write(unet, staging: Path) -> None:
+        UpsamplerPipeline(unet=unet, scheduler=pipe.scheduler, **settings).save_pretrained(staging,
+                                                                                           safe_serialization=True)
+        write_pipeline_file(staging, "upsampler", "UpsamplerPipeline")
+
+    return save_staged(out, pipe.unet, dtype, write)
 
 
 #: A diffusion checkpoint names its second stage in this file: ``{"upsampler": "../upsampler"}``, a path

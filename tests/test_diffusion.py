@@ -107,7 +107,8 @@ def test_argument_errors(pipe):
 @pytest.mark.parametrize("dtype", [None, torch.float16])
 def test_save_load_round_trip(pipe, tmp_path, dtype):
     save_pipeline(pipe, tmp_path / "p", dtype)
-    assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler"}
+    assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler",
+                                                             "medsynth_diffusion.py"}  # plain diffusers' entry point
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
     assert index["classes"] == CT and index["domain"] == "covid_ct"
     weights = list((tmp_path / "p" / "unet").glob("*.safetensors"))

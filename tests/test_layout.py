@@ -13,14 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medsynth"
 
 #: Lowest first. A module imports only from its own layer or below; docs/architecture.md draws this.
 LAYERS = [
-    ["medsynth", "errors", "atomic", "domains", "recipes", "hardware", "metrics", "fidelity", "memorization",
+    ["medsynth", "errors", "hub", "atomic", "domains", "recipes", "hardware", "metrics", "fidelity", "memorization",
      "training.schedule", "training", "cards", "synthetic"],
     ["scans", "io", "transforms"],
     ["data", "classify", "resolution", "diffusion", "upsampler", "synthetic.provenance", "synthetic.marking", "cards.render"],
     ["features", "explain", "training.loop", "synthetic.generate", "synthetic.upsample", "synthetic.merge", "synthetic.curate"],
     ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],
-    ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs"],
-    ["cli.common", "cli.train", "cli.models", "cli.sets", "cli.study", "cli", "__main__"],
+    ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs", "space"],
+    ["cli.common", "cli.train", "cli.models", "cli.sets", "cli.study", "cli.hub", "cli", "__main__"],
 ]
 
 

@@ -34,8 +34,9 @@ def card_header(path: Path) -> dict:
     text = path.read_text()
     assert text.startswith("---\n"), f"{path} has no YAML header"
     header = yaml.safe_load(text.split("---\n", 2)[1])
-    for key in ("license", "library_name", "tags", "datasets", "metrics"):
+    for key in ("license", "license_name", "license_link", "library_name", "tags"):
         assert header.get(key), f"{path}: YAML header lacks {key!r}"
+    assert "datasets" not in header, f"{path}: datasets are linked in the card's text, not given as Hub ids"
     return header
 
 

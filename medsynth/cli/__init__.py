@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from ..errors import MedsynthError
-from . import models, sets, study, train
+from . import hub, models, sets, study, train
 from .common import EXIT_USER_ERROR, Parser
 
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for group in (train, models, sets, study):  # each group registers its commands
+    for group in (train, models, sets, study, hub):  # each group registers its commands
         group.register(sub)
     return parser
 
