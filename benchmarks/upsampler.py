@@ -354,6 +354,86 @@ def cmd_table(args) -> dict:
     return {"rows": len(rows) - 2}
 
 
+def _audit_row(path: Path) -> dict:
+    record = json.loads(path.read_text())
+    out = {"n": record["n"], "resolution": record["resolution"], "seconds": record.get("seconds")}
+    for space, by_class in record["fidelity"].items():
+        key = "lite0" if space == "lite0" else "cnn"
+        syn, ref = by_class["all"]["synthetic"], by_class["all"]["real_reference"]
+        out[key] = {k: syn[k] for k in ("fd", "kid", "precision", "recall", "density", "coverage")}
+        out[key]["fd_real_reference"] = ref["fd"]
+    mem = record["memorization"]["all"]["spaces"]
+    out["memorization"] = {space: {"share_below_p1": m["below"]["1"]["share"], "share_below_p5": m["below"]["5"]["share"],
+                                   "z": m["z"], "suspicious": m["suspicious"]} for space, m in mem.items()}
+    return out
+
+
+def _tstr_cells(folder: Path) -> dict:
+    import csv
+
+    rows = list(csv.DictReader(open(folder / "results.csv")))
+    acc = [float(r["accuracy"]) for r in rows]
+    f1 = [float(r["macro_f1"]) for r in rows]
+    return {"seeds": [int(r["seed"]) for r in rows], "accuracy": acc, "macro_f1": f1,
+            "accuracy_mean_se": _mean_se(acc), "macro_f1_mean_se": _mean_se(f1),
+            "minutes": [float(r["minutes"]) for r in rows]}
+
+
+def cmd_sets(args) -> dict:
+    """The base generator's 800-image audit set, enlarged by the stage and by bicubic: the audit of each at
+    128 px and the synthetic-only CNNs (tstr, input 128, 2 seeds) trained on the stage's set and on the
+    64-px set enlarged by the classifier's own resize. Reads the run folders named in RESULTS.md."""
+    runs = Path(args.runs)
+    record = {"domain": args.domain}
+    for kind in ("up", "bicubic"):
+        path = runs / f"audit_{kind}_report" / args.domain / "audit.json"
+        if path.is_file():
+            record[f"audit_{'stage' if kind == 'up' else 'bicubic'}"] = _audit_row(path)
+    for kind, name in (("up", "tstr_stage_128"), ("syn", "tstr_64_at_128")):
+        folder = runs / f"tstr128_{kind}_{args.domain}"
+        if (folder / "results.csv").is_file():
+            record[name] = _tstr_cells(folder)
+    shipped = ROOT / "benchmarks" / "results" / "tstr" / args.domain / "results.csv"
+    if shipped.is_file():
+        import csv
+
+        rows = [r for r in csv.DictReader(open(shipped)) if r["train_set"] == "synthetic"
+                and r["arch"] == "tf_efficientnet_lite0"]
+        acc = [float(r["accuracy"]) for r in rows]
+        record["tstr_64_at_64_shipped_run"] = {"seeds": [int(r["seed"]) for r in rows], "accuracy": acc,
+                                               "accuracy_mean_se": _mean_se(acc)}
+    out = Path(args.out) if args.out else OUT / f"sets_{args.domain}.json"
+    atomic.write_json(out, record)
+    print(json.dumps(record))
+    return record
+
+
+def cmd_sets_table(args) -> dict:
+    rows = ["| domain | set at 128 px | FD-Lite0 (real ref.) | P / R / C Lite0 | FD real CNN (real ref.) | P / R / C real CNN | "
+            "memorization: share < held-out p1 (max over spaces) | synthetic-only CNN accuracy, input 128 (2 seeds) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for domain in ("brain_mri", "covid_ct", "all_blood"):
+        path = OUT / f"sets_{domain}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        for kind, tstr in (("stage", "tstr_stage_128"), ("bicubic", "tstr_64_at_128")):
+            a = r.get(f"audit_{kind}")
+            if not a:
+                continue
+            t = r.get(tstr)
+            cnn = (f"{t['accuracy_mean_se']['mean']:.3f} ± {t['accuracy_mean_se']['se']:.3f}" if t else "not run")
+            mem = max(m["share_below_p1"] for m in a["memorization"].values())
+            label = "upsampler stage" if kind == "stage" else "bicubic (CNN: the 64-px set, resized by the CNN)"
+            rows.append(f"| {domain} | {label} | {a['lite0']['fd']:.1f} ({a['lite0']['fd_real_reference']:.1f}) | "
+                        f"{a['lite0']['precision']:.2f} / {a['lite0']['recall']:.2f} / {a['lite0']['coverage']:.2f} | "
+                        f"{a['cnn']['fd']:.1f} ({a['cnn']['fd_real_reference']:.1f}) | "
+                        f"{a['cnn']['precision']:.2f} / {a['cnn']['recall']:.2f} / {a['cnn']['coverage']:.2f} | "
+                        f"{mem:.1%} | {cnn} |")
+    print("\n".join(rows))
+    return {"rows": len(rows) - 2}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -364,6 +444,11 @@ def main() -> None:
         q.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/upsampler/<cmd>_<domain>.json)")
         if name in ("real", "select"):
             q.add_argument("--data", required=True)
+    sets = sub.add_parser("sets", help="record the 800-image audits (stage vs bicubic) and the tstr cells at 128 px")
+    sets.add_argument("--domain", required=True)
+    sets.add_argument("--runs", default="runs", help="the folder holding the run outputs (default %(default)s)")
+    sets.add_argument("--out", default=None)
+    sub.add_parser("sets-table", help="the RESULTS.md table from the recorded sets_<domain>.json")
     bic = sub.add_parser("bicubic", help="a labelled synthetic set enlarged by bicubic interpolation (the baseline)")
     bic.add_argument("set")
     bic.add_argument("out_set")
@@ -381,7 +466,9 @@ def main() -> None:
     select.add_argument("--write", action="store_true", help="record the choice in the upsampler's model_index.json")
     args = p.parse_args()
     result = {"real": cmd_real, "select": cmd_select, "speed": cmd_speed, "card": cmd_card,
-              "bicubic": cmd_bicubic, "table": cmd_table}[args.cmd](args)
+              "bicubic": cmd_bicubic, "table": cmd_table, "sets": cmd_sets, "sets-table": cmd_sets_table}[args.cmd](args)
+    if args.cmd in ("sets", "sets-table"):
+        return
     if args.cmd in ("card", "bicubic", "table"):
         print(json.dumps(result))
         return
