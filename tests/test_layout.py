@@ -21,6 +21,7 @@ LAYERS = [
     ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],
     ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs", "space"],
     ["cli.common", "cli.train", "cli.models", "cli.sets", "cli.study", "cli.hub", "cli", "__main__"],
+    ["ui", "ui.common", "ui.generate_tab", "ui.classify_tab", "ui.experiment_tab", "ui.train_tab", "ui.about_tab"],
 ]
 
 
