@@ -30,7 +30,7 @@ from medsynth import service  # noqa: E402
 from medsynth.domains import DOMAINS  # noqa: E402
 from medsynth.ui.about_tab import create_about_tab  # noqa: E402
 from medsynth.ui.classify_tab import create_classify_tab  # noqa: E402
-from medsynth.ui.common import DISCLAIMER, AppContext, in_public_space  # noqa: E402
+from medsynth.ui.common import DISCLAIMER, AppContext, in_public_space, model_choices  # noqa: E402
 from medsynth.ui.experiment_tab import create_experiment_tab  # noqa: E402
 from medsynth.ui.generate_tab import create_generate_tab  # noqa: E402
 from medsynth.ui.train_tab import create_train_tab  # noqa: E402
@@ -66,7 +66,7 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
         """Re-scan checkpoints: a finished training job's model shows up in Generate and Classify."""
         g_models = store.models(g_dom, "diffusion") if g_dom else []
         kinds = store.classifier_kinds(c_dom) if c_dom else []
-        return (gr.Dropdown(choices=g_models, value=g_model_value if g_model_value in g_models else
+        return (gr.Dropdown(choices=model_choices(g_models), value=g_model_value if g_model_value in g_models else
                             (g_models[0] if g_models else None)),
                 gr.Dropdown(choices=kinds or list(service.CLASSIFIER_KINDS),
                             value=c_kind_value if c_kind_value in kinds else (kinds[0] if kinds else "real-trained")))
@@ -104,4 +104,10 @@ def build_app(store: service.ModelStore | None = None, data_root: str | Path | N
 
 
 if __name__ == "__main__":
+    import signal
+    import sys
+
+    # SIGTERM (a Space restart, `docker stop`, systemd) exits like Ctrl-C, so the atexit clean-up runs:
+    # the private upload folder and any running training job go with the app.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     build_app().launch()

@@ -27,8 +27,15 @@ class Report:
 
     @property
     def label(self) -> str:
+        """Domain · kind · shipped/yours, then the run's name where it says more than the domain (a tstr
+        run's own audit is named after the run)."""
         what = "train on synthetic, test on real" if self.kind == "tstr" else "synthetic-data audit"
-        return f"{self.domain} · {what} · {'shipped' if self.shipped else 'yours'} · {self.path.name}"
+        name = self.path.name
+        if self.kind == "audit" and name == "audit" and (self.path.parent / "summary.json").is_file():
+            name = f"the set of {self.path.parent.name}" if self.path.parent.name != self.domain else \
+                "the experiment's synthetic set"
+        parts = [self.domain, what, "shipped" if self.shipped else "yours"]
+        return " · ".join(parts + ([name] if name != self.domain else []))
 
 
 def _domain_of(folder: Path, record_name: str) -> str | None:
@@ -63,8 +70,6 @@ def find_reports(shipped_root: str | Path | None, user_roots: Sequence[str | Pat
             folder = report.parent.resolve()
             if folder in seen:
                 continue
-            if (folder.parent / "summary.json").is_file() and folder.name == "audit":
-                continue  # a tstr run's own audit: part of that run's report
             for record_name, kind in KINDS.items():
                 if (folder / record_name).is_file():
                     domain = _domain_of(folder, record_name)
@@ -77,10 +82,11 @@ def find_reports(shipped_root: str | Path | None, user_roots: Sequence[str | Pat
     return sorted(found, key=lambda r: (not r.shipped, order.get(r.kind, 9)))
 
 
-def read_report(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
+def read_report(folder: str | Path, shipped: bool = False) -> tuple[str, list[tuple[str, str]]]:
     """The report's Markdown without its image lines, and its figures as (file path, caption), in order.
 
-    Figures that are missing on disk are left out; links never leave the report's folder.
+    Figures that are missing on disk are left out; links never leave the report's folder. A link to another
+    report (a tstr run's ``audit/report.md``) names that report as the app's list does, never a server path.
     """
     folder = Path(folder)
     text = (folder / "report.md").read_text()
@@ -95,8 +101,16 @@ def read_report(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
         if root in target.parents and target.is_file():
             figures.append((str(target), f"{match.group(1)}: {Path(match.group(2)).name}"))
     body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
-    # Links to other files of the report (e.g. audit/report.md) cannot be followed in the app: say where they are.
-    body = re.sub(r"\[([^\]]+)\]\(([^)\s]+\.md)\)", lambda m: f"`{folder / m.group(2)}`", body)
+    # Links to other reports (e.g. audit/report.md) cannot be followed in the app: name them as the list does.
+    def name_report(match) -> str:
+        target = (folder / match.group(2)).parent
+        for record_name, kind in KINDS.items():
+            domain = _domain_of(target, record_name) if (target / record_name).is_file() else None
+            if domain:
+                return f"the report \"{Report(target, kind, domain, shipped).label}\" in the list above"
+        return f"`{match.group(2)}` (beside this report)"
+
+    body = re.sub(r"\[([^\]]+)\]\(([^)\s]+\.md)\)", name_report, body)
     return body, figures
 
 

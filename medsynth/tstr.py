@@ -655,7 +655,8 @@ def _figures(run: Path, config: TSTRConfig, rows, summary, classes) -> dict:
         ax.set_xticks(np.arange(len(archs)), archs, fontsize=8, rotation=15)
         ax.set_ylabel("accuracy on real test images", fontsize=8)
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=8, title="trained on", title_fontsize=8)
+        ax.legend(fontsize=8, title="trained on", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0)  # beside the axes: never over a bar
         ax.set_title(f"{config.domain}: mean ± SE over seeds {', '.join(map(str, config.seeds))}", fontsize=9)
         figures["accuracy"] = save(fig, "accuracy_by_arch.png")
     # Scarcity curves: accuracy against the fraction of real images, with and without synthetic images.
@@ -680,7 +681,9 @@ def _figures(run: Path, config: TSTRConfig, rows, summary, classes) -> dict:
             ax.set_xlabel("fraction of the real training images", fontsize=8)
             ax.set_ylabel("test accuracy", fontsize=8)
             ax.set_title(arch, fontsize=9)
-            ax.legend(fontsize=7)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.28)  # the legend below the axes: never over a curve
         figures["scarcity"] = save(fig, "scarcity.png")
     # Confusion matrix of the best synthetic-only CNN (highest test accuracy of any seed).
     syn_rows = [r for r in rows if r["train_set"] == "synthetic"]

@@ -161,7 +161,9 @@ def test_gradio_client_generate_classify_explain(running_app, tmp_path):
     job = client.submit("covid_ct", "covid", 1, "ddim", 3, 1.0, 0, api_name="/generate")
     job.result()
     outputs = job.outputs()
-    assert [o[3] for o in outputs[:-1]][-1] == "step 2/2" and "1 image(s)" in outputs[-1][3]
+    # the progress counts the steps the sampler runs, and says why it runs fewer than the 3 set
+    assert [o[3] for o in outputs[:-1]][-1].startswith("step 2/2 (3 set: the last 1 would fall where the image")
+    assert "1 image(s)" in outputs[-1][3]
     # a client can bypass the sliders: every field answers with its own name
     for kwargs, message in [({"count": 17}, "images must be at most 16, got 17"),
                             ({"steps": "many"}, "steps must be a number, got 'many'"),
@@ -265,6 +267,8 @@ def test_browser_flows(running_app, models_dir, tmp_path):
             timeout=30_000)
         expect(page.locator("#scan-lime img")).to_have_count(0)
         expect(page.locator("#scan-label").get_by_text("non_covid")).to_have_count(0)
+        page.wait_for_timeout(1000)  # a toast would have appeared by now
+        expect(page.get_by_text("notes.txt: not a recognised image")).to_have_count(1)  # said once, in the summary
         page.screenshot(path=str(shots / "3_bad_file.png"), full_page=True)
         # an example, labelled with its true class, replaces it
         page.get_by_text("covid_ct: covid", exact=True).first.click()
@@ -447,11 +451,21 @@ def test_experiment_tab_runs_tstr_as_a_job_and_selects_its_report(checkpoints, t
     assert fns["experiment_cancel"]()[0].startswith("**finished**")  # nothing running: nothing to stop
 
 
+def _markdown_texts(demo) -> str:
+    import gradio as gr
+
+    return "\n".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+
+
 def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypatch):
     import app as app_module
 
+    without_root = app_module.build_app(service.ModelStore(checkpoints), data_root=None)
+    assert ("**Start is off** because no data root is set: start the app with "
+            "`MEDSYNTH_DATA_ROOT=/path/to/data python app.py`") in _markdown_texts(without_root)
     monkeypatch.setenv("SPACE_ID", "someone/medsynth")
     demo = app_module.build_app(service.ModelStore(checkpoints), data_root=data_root)
+    assert "**Start is off** because training is disabled in the public Space" in _markdown_texts(demo)
     fns = {b.api_name: b.fn for b in demo.fns.values()}
     import gradio as gr
 
@@ -461,6 +475,16 @@ def test_training_is_disabled_in_a_public_space(checkpoints, data_root, monkeypa
         fns["train_cancel"]()
     with pytest.raises(gr.Error, match="training is disabled in the public Space"):
         fns["experiment_start"]("covid_ct", "ct", "ct", "diffusion", "cpu", ["synthetic"], "1.0", "0", 1, 2, 0, "")
+
+
+def test_model_lists_call_the_shipped_models_shipped(checkpoints):
+    import gradio as gr
+
+    import app as app_module
+
+    demo = app_module.build_app(service.ModelStore(checkpoints))
+    dropdowns = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label.startswith("model (")]
+    assert dropdowns and dropdowns[0].choices[0] == ("shipped", "diffusion")  # the API value stays "diffusion"
 
 
 def test_send_selected_image_to_classify(checkpoints):

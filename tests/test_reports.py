@@ -26,7 +26,7 @@ def _report(folder, kind: str, domain: str, figure: str = "fig.png"):
     return folder
 
 
-def test_find_reports_lists_shipped_and_the_experiment_first_and_skips_a_runs_own_audit(tmp_path):
+def test_find_reports_lists_shipped_and_the_experiment_first_and_names_a_runs_own_audit(tmp_path):
     shipped = tmp_path / "shipped"
     _report(shipped / "tstr" / "covid_ct", "tstr", "covid_ct")
     _report(shipped / "tstr" / "covid_ct" / "audit", "audit", "covid_ct")  # part of the run above
@@ -36,8 +36,12 @@ def test_find_reports_lists_shipped_and_the_experiment_first_and_skips_a_runs_ow
     (tmp_path / "mine" / "stray" / "report.md").write_text("no record beside it")
     found = find_reports(shipped, [tmp_path / "mine", tmp_path / "does_not_exist"])
     assert [(r.kind, r.domain, r.shipped) for r in found] == [  # shipped first; the experiment before audits
-        ("tstr", "covid_ct", True), ("audit", "brain_mri", True), ("tstr", "all_blood", False)]
-    assert found[0].label == "covid_ct · train on synthetic, test on real · shipped · covid_ct"
+        ("tstr", "covid_ct", True), ("audit", "brain_mri", True), ("audit", "covid_ct", True),
+        ("tstr", "all_blood", False)]
+    # names do not repeat the domain; a run's own audit is a report of its own, named after the run
+    assert found[0].label == "covid_ct · train on synthetic, test on real · shipped"
+    assert found[2].label == "covid_ct · synthetic-data audit · shipped · the experiment's synthetic set"
+    assert found[3].label == "all_blood · train on synthetic, test on real · yours · run1"
     assert find_reports(shipped, [shipped]) == find_reports(shipped)  # each folder once
 
 
@@ -47,7 +51,13 @@ def test_read_report_returns_text_and_figures_inside_its_folder(tmp_path):
     body, figures = read_report(folder)
     assert "![" not in body and "# Report covid_ct" in body
     assert figures == [(str((folder / "fig.png").resolve()), "accuracy: fig.png")]  # missing and escaping links dropped
-    assert f"`{folder / 'audit/report.md'}`" in body
+    assert str(tmp_path) not in body  # never a server path
+    assert "`audit/report.md` (beside this report)" in body
+    run = _report(tmp_path / "run", "tstr", "covid_ct")
+    _report(run / "audit", "audit", "covid_ct")
+    body, _ = read_report(run, shipped=True)
+    assert 'the report "covid_ct · synthetic-data audit · shipped · the set of run" in the list above' in body
+    assert str(tmp_path) not in body
 
 
 def test_experiment_tab_shows_a_report(tmp_path, monkeypatch):

@@ -30,8 +30,7 @@ def create_classify_tab(ctx: AppContext) -> SimpleNamespace:
             return None, *cleared, ""
         try:
             view = service.preview(store, image, domain, classifier, frame_index(image, frame))
-        except ImageLoadError as exc:
-            gr.Warning(str(exc))
+        except ImageLoadError as exc:  # said once, in the summary (no toast, no second copy)
             return None, *cleared, f"**Cannot use this file:** {exc}"
         except MedsynthError:  # e.g. the classifier list is being refreshed for a new domain: nothing to show yet
             return None, *cleared, ""
@@ -108,10 +107,15 @@ def create_classify_tab(ctx: AppContext) -> SimpleNamespace:
             with gr.Column(scale=2):
                 c_label = gr.Label(label="class probabilities", elem_id="scan-label")
                 c_summary = gr.Markdown(elem_id="scan-summary")
-                with gr.Row():
-                    c_lime = gr.Image(label="LIME (the superpixels that support the class most)", format="png",
-                                      interactive=False, elem_id="scan-lime")
-                    c_cam = gr.Image(label="Grad-CAM", format="png", interactive=False)
+                with gr.Row():  # captions above the overlays: a label chip would cover the figure's own title
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**LIME**: the superpixels that support the class most")
+                        c_lime = gr.Image(label="LIME", show_label=False, format="png", interactive=False,
+                                          elem_id="scan-lime")
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**Grad-CAM**: where the last feature map drives the class")
+                        c_cam = gr.Image(label="Grad-CAM", show_label=False, format="png", interactive=False,
+                                         elem_id="scan-cam")
         ev_classify = c_go.click(do_classify, [c_image, c_domain, c_kind, c_frame], [c_label, c_summary],
                                  api_name="classify",
                    concurrency_id=HEAVY if os.environ.get("MEDSYNTH_ONE_SLOT") == "1" else QUICK)

@@ -47,6 +47,16 @@ class AppContext:
             raise MedsynthError("training from the app needs a data root: start it with MEDSYNTH_DATA_ROOT=/path/to/data")
 
 
+#: How the model dropdowns name the shipped folders (the value stays the folder name, for the API).
+SHIPPED_LABELS = {"diffusion": "shipped", "classifier": "shipped (real-trained)",
+                  "classifier_synthetic": "shipped (synthetic-only)"}
+
+
+def model_choices(names) -> list[tuple[str, str]]:
+    """Dropdown choices (label, value): the shipped models are called "shipped", yours by their names."""
+    return [(SHIPPED_LABELS.get(n, n), n) for n in names]
+
+
 def class_choices(domain):
     return ["all classes", *get_domain(domain).classes] if domain else ["all classes"]
 

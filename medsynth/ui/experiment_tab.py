@@ -14,7 +14,7 @@ from PIL import Image
 from .. import jobs, reports, service
 from ..domains import DOMAINS, get_domain
 from ..errors import MedsynthError
-from .common import EXPERIMENT_SERIES, AppContext, NumberField, curve, in_public_space, user_error
+from .common import EXPERIMENT_SERIES, AppContext, NumberField, curve, in_public_space, model_choices, user_error
 
 
 def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
@@ -50,7 +50,7 @@ def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
         found = report_index().get(label)
         if found is None:
             raise MedsynthError(f"no report named {label!r}; choose one from the list (press Refresh list)")
-        body, figures = reports.read_report(found.path)
+        body, figures = reports.read_report(found.path, found.shipped)
         return body, [(Image.open(path).convert("RGB"), caption) for path, caption in figures]
 
     # -- the experiment as a job (the Train tab's rules: a data root, not in a public Space) -------------
@@ -165,7 +165,7 @@ def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
                             "images for both CNNs; they also chose each CNN's best epoch, so these figures "
                             "lean optimistic (the experiment's reports below select on training images "
                             "only). The full model cards are at the bottom of this tab.\n\n" + comparison)
-                e_confusions = gr.Gallery(columns=6, height="auto", object_fit="contain",
+                e_confusions = gr.Gallery(columns=3, height="auto", object_fit="contain", elem_id="confusions",
                                           label="confusion matrices (rows: true class)")
             demo.load(confusion_gallery, None, e_confusions, api_visibility="private", queue=False)
         first_reports = report_choices()
@@ -194,7 +194,7 @@ def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
             x_domains = [d for d in DOMAINS if store.models(d, "diffusion")] or list(DOMAINS)
             with gr.Row():
                 x_domain = gr.Dropdown(x_domains, value=x_domains[0], label="domain")
-                x_model = gr.Dropdown(store.models(x_domains[0], "diffusion"),
+                x_model = gr.Dropdown(model_choices(store.models(x_domains[0], "diffusion")),
                                       value=(store.models(x_domains[0], "diffusion") or [None])[0],
                                       label="diffusion model (draws the synthetic set)")
                 x_train = gr.Textbox(label="real training folder (inside the data root)",
@@ -225,7 +225,7 @@ def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
                                  x_title="cell", y_title="accuracy")
             x_log = gr.Textbox(label="log (tail)", lines=10, max_lines=10, autoscroll=True)
             x_seen = gr.State(None)
-            x_domain.change(lambda d: gr.Dropdown(choices=store.models(d, "diffusion"),
+            x_domain.change(lambda d: gr.Dropdown(choices=model_choices(store.models(d, "diffusion")),
                                                   value=(store.models(d, "diffusion") or [None])[0]),
                             x_domain, x_model, api_visibility="private")
             x_start.click(start_experiment, [x_domain, x_train, x_test, x_model, x_preset, x_sets, x_fractions,

@@ -16,7 +16,7 @@ import gradio as gr
 from .. import service
 from ..domains import DOMAINS
 from ..recipes import DEFAULT_SAMPLING, SAMPLERS
-from .common import HEAVY, AppContext, NumberField, SliderField, class_choices, gpu, prune, user_error
+from .common import HEAVY, AppContext, NumberField, SliderField, class_choices, gpu, model_choices, prune, user_error
 
 
 def create_generate_tab(ctx: AppContext) -> SimpleNamespace:
@@ -39,6 +39,12 @@ def create_generate_tab(ctx: AppContext) -> SimpleNamespace:
             if stop.is_set():
                 raise InterruptedError("generation cancelled")
             updates.put((step, total, preview))
+
+        def skipped_note(total):
+            """Why the base stage runs fewer steps than were set (the sampler's own rule, diffusion.py)."""
+            extra = int(steps) - total
+            return (f" ({int(steps)} set: the last {extra} would fall where the image is already noise-free, "
+                    "so they are skipped)") if extra > 0 else ""
 
         def on_stage(name, size):
             updates.put(("stage", name, size))
@@ -70,7 +76,7 @@ def create_generate_tab(ctx: AppContext) -> SimpleNamespace:
                 if time.perf_counter() - last_shown > 0.25 or step + 1 == total:  # at most ~4 frames/s
                     last_shown = time.perf_counter()
                     label = (f"upsampling to {preview.shape[0]} px: step {step + 1}/{total}" if stage == "upsampler"
-                             else f"step {step + 1}/{total}")
+                             else f"step {step + 1}/{total}" + skipped_note(total))
                     yield (service.upscale_for_display(preview), gr.skip(), gr.skip(), label, gr.skip())
         finally:
             stop.set()
@@ -106,7 +112,7 @@ def create_generate_tab(ctx: AppContext) -> SimpleNamespace:
                 g_domain = gr.Dropdown(list(DOMAINS), value=gen_domains[0] if gen_domains else next(iter(DOMAINS)),
                                        label="domain")
                 g_models = store.models(gen_domains[0], "diffusion") if gen_domains else []
-                g_model = gr.Dropdown(g_models, value=g_models[0] if g_models else None,
+                g_model = gr.Dropdown(model_choices(g_models), value=g_models[0] if g_models else None,
                                       label="model (shipped, or one you trained)", allow_custom_value=True)
                 g_class = gr.Dropdown(class_choices(gen_domains[0] if gen_domains else None), value="all classes",
                                       label="class", allow_custom_value=True)  # checked by the service

@@ -11,7 +11,7 @@ import gradio as gr
 from .. import jobs, service
 from ..domains import DOMAINS, get_domain
 from ..errors import MedsynthError
-from .common import NO_BASE, TRAIN_SERIES, AppContext, NumberField, curve, in_public_space, user_error
+from .common import NO_BASE, TRAIN_SERIES, AppContext, NumberField, curve, in_public_space, model_choices, user_error
 
 
 def create_train_tab(ctx: AppContext) -> gr.Timer:
@@ -23,7 +23,7 @@ def create_train_tab(ctx: AppContext) -> gr.Timer:
 
     def base_choices(kind, domain):
         models = store.models(domain, "diffusion" if kind == "diffusion" else "classifier") if domain else []
-        return gr.Dropdown(choices=[NO_BASE, *models], value=NO_BASE)
+        return gr.Dropdown(choices=[NO_BASE, *model_choices(models)], value=NO_BASE)
 
     def default_job_name(kind, domain):
         return f"{kind}_{domain}_{time.strftime('%Y%m%d-%H%M')}"
@@ -93,9 +93,12 @@ def create_train_tab(ctx: AppContext) -> gr.Timer:
         return text, manager.tail(40), frame
 
     with gr.Tab("Train", id="train"):
-        if in_public_space():
-            gr.Markdown("Training is disabled in the public Space. Install medsynth locally "
-                        "(`pip install -r requirements.txt`) and run `python app.py` to train on your GPUs.")
+        if not training_enabled:  # one sentence: why Start is off, and what turns it on
+            gr.Markdown("**Start is off** because " + (
+                "training is disabled in the public Space (it would occupy the shared CPU): install medsynth "
+                "locally and start it with `MEDSYNTH_DATA_ROOT=/path/to/data python app.py` to train." if in_public_space()
+                else "no data root is set: start the app with `MEDSYNTH_DATA_ROOT=/path/to/data python app.py`, "
+                "the folder that holds your labelled images."), elem_id="train-off")
         gpus = jobs.gpu_count()
         gr.Markdown(f"GPUs detected: **{gpus}** {', '.join(jobs.describe_gpus())}. Data root: "
                     f"`{'hidden' if in_public_space() else data_root or 'not set (start with MEDSYNTH_DATA_ROOT=...)'}`. "
@@ -107,7 +110,7 @@ def create_train_tab(ctx: AppContext) -> gr.Timer:
             t_domain = gr.Dropdown(list(DOMAINS), value=next(iter(DOMAINS)), label="domain", elem_id="train-domain")
             t_data = gr.Textbox(label="data folder (inside the data root; one sub-folder per class)",
                                 placeholder=next(iter(DOMAINS)))
-            t_base = gr.Dropdown([NO_BASE, *store.models(next(iter(DOMAINS)), "classifier")], value=NO_BASE,
+            t_base = gr.Dropdown([NO_BASE, *model_choices(store.models(next(iter(DOMAINS)), "classifier"))], value=NO_BASE,
                                  label="base checkpoint (fine-tune)", allow_custom_value=True)
         with gr.Row():
             t_steps = NumberField(2000, precision=0, minimum=1, label="diffusion steps", visible=False)
@@ -120,8 +123,8 @@ def create_train_tab(ctx: AppContext) -> gr.Timer:
             t_start = gr.Button("Start", variant="primary", interactive=training_enabled)
             t_cancel = gr.Button("Cancel", variant="stop", interactive=training_enabled)
         t_status = gr.Markdown("**idle**")
-        t_plot = gr.LinePlot(curve([], TRAIN_SERIES), x="x", y="y", color="series", title="training curve: loss (orange), validation macro-F1 (blue)",
-                             color_map={"loss": "#e8590c", "train_loss": "#e8590c", "val_macro_f1": "#1971c2"},
+        t_plot = gr.LinePlot(curve([], TRAIN_SERIES), x="x", y="y", color="series", title="training curve: diffusion loss (orange), classifier loss (purple), validation macro-F1 (blue)",
+                             color_map={"loss": "#e8590c", "train_loss": "#9c36b5", "val_macro_f1": "#1971c2"},
                              x_title="step (diffusion) or epoch (classifier)", y_title="value", height=260, elem_id="train-plot")
         t_log = gr.Textbox(label="log (tail)", lines=12, max_lines=12, autoscroll=True)
         timer = gr.Timer(2.0, active=training_enabled)  # no polling where training is off
