@@ -161,6 +161,11 @@ def _segment(view: np.ndarray, n_segments: int, compactness: float = LIME_DEFAUL
     return slic(view, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
 
 
+def segment(view: np.ndarray, n_segments: int = LIME_DEFAULTS["n_segments"]) -> np.ndarray:
+    """LIME's fixed SLIC superpixels of a view (uint8 (S, S, C)): int (S, S) ids from 0, deterministic."""
+    return _segment(view, n_segments)
+
+
 def _silence_lime_tqdm() -> None:
     """lime.lime_image loops over its samples inside tqdm; progress goes to our callback instead."""
     import lime.lime_image as lime_image

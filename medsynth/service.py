@@ -533,8 +533,14 @@ def explain_both(store: ModelStore, source, domain: str, kind: str, seed: int = 
                                    "one class more than another; LIME and Grad-CAM were not run."), verdict
     cam = explain(image, clf, "gradcam")
     lime = explain(image, clf, "lime", seed=seed, progress=progress)
+    from .explain_check import faithfulness_line
+
     summary = (summary_line(kind, probs, verdict, source, frame)
                + f" LIME {lime.seconds:.1f} s, Grad-CAM {cam.seconds:.2f} s (both explain **{lime.target_class}**).")
+    # beside every overlay: does the map mean anything for this scan? (~0.05 s each, one batched forward pass)
+    checks = {name: faithfulness_line(clf, image, exp) for name, exp in (("LIME", lime), ("Grad-CAM", cam))}
+    summary += "\n\n**Do the maps mean anything here?** " + " ".join(
+        f"{name}: {check['text']}." for name, check in checks.items())
     if verdict.get("in_domain") is False:
         summary += (f" The image is out of domain: the overlays show where the CNN looks to produce "
                     f"{lime.target_class}, a class that is not meaningful for this image, not a finding.")

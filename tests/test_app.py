@@ -107,6 +107,8 @@ def test_classify_and_explain(store, tmp_path):
     assert same == probs  # one code path: Explain reports exactly what Classify reports
     assert lime.ndim == 3 and cam.ndim == 3 and "real-trained classifier" in summary
     assert "Not checked for out-of-domain input" in summary  # the tiny classifier has no reference
+    # beside the overlays, the per-image faithfulness check of each map
+    assert "LIME: hiding the 3 most relevant regions" in summary and "Grad-CAM: hiding the 3 most" in summary
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(MedsynthError, match="bad.png: not a recognised image"):
         service.classify(store, str(tmp_path / "bad.png"), "covid_ct", "real-trained")

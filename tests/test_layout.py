@@ -18,7 +18,7 @@ LAYERS = [
     ["scans", "io", "transforms"],
     ["data", "classify", "resolution", "diffusion", "upsampler", "synthetic.provenance", "synthetic.marking", "cards.render"],
     ["features", "explain", "training.loop", "synthetic.generate", "synthetic.upsample", "synthetic.merge", "synthetic.curate"],
-    ["ood", "quality", "audit", "evaluate", "training.classifier", "training.diffusion", "training.upsampler"],
+    ["ood", "quality", "audit", "evaluate", "explain_check", "training.classifier", "training.diffusion", "training.upsampler"],
     ["synthetic.match", "tstr", "cards.rebuild", "reports", "service", "jobs", "space"],
     ["cli.common", "cli.train", "cli.models", "cli.sets", "cli.study", "cli.hub", "cli", "__main__"],
     ["ui", "ui.common", "ui.generate_tab", "ui.classify_tab", "ui.experiment_tab", "ui.train_tab", "ui.about_tab"],

@@ -1,4 +1,4 @@
-"""Using trained models: evaluate, classify, explain, ood-fit, domains."""
+"""Using trained models: evaluate, classify, explain, explain-check, ood-fit, domains."""
 
 from __future__ import annotations
 
@@ -193,15 +193,65 @@ def _cmd_explain(args) -> int:
                   n_segments=args.n_segments, positive_only=not args.negative, hide_color=args.hide_color,
                   seed=args.seed)
     save_overlay(exp, args.out)
+    from ..explain_check import faithfulness_line
+
+    faithfulness = faithfulness_line(clf, image, exp)
     if args.json:
         print(json.dumps({"file": args.image, **exp.summary(), "out": args.out, "in_domain": verdict["in_domain"],
-                          "out_of_domain": verdict}))
+                          "out_of_domain": verdict, "faithfulness": faithfulness}))
     else:
         caveat = ("" if verdict["in_domain"] is not False else
                   f" Out of domain: this image {verdict['note'].split(';')[0]}; the overlay shows where the CNN looks "
                   f"to produce {exp.target_class}, which is not meaningful for it.")
         print(f"{args.image}: {exp.target_class} ({exp.probability:.3f}); {args.method} overlay written to "
               f"{args.out} in {exp.seconds:.1f} s.{caveat}")
+        print(f"Faithfulness: {faithfulness['text']}.")
+    return 0
+
+
+def _add_explain_check(sub) -> None:
+    p = sub.add_parser(
+        "explain-check",
+        help="check whether a classifier's explanations are faithful, sane, stable and plausible",
+        description="For up to N images per class of DATA, explain the predicted class with each method and "
+        "measure: deletion/insertion AUC against random pixel orderings (faithfulness), cascading weight "
+        "randomisation (sanity), maps under small input noise (stability), and the share of the relevance inside "
+        "the anatomy and in the border frame (plausibility). Writes OUT/explain_check.json, OUT/report.md, "
+        "OUT/examples.png and OUT/curves.png. See docs/cli.md#explain-check.",
+    )
+    p.add_argument("--checkpoint", required=True, help="classifier folder (config.json + model.safetensors)")
+    p.add_argument("--data", required=True, help="labelled folder with one sub-folder per class")
+    p.add_argument("--out", required=True, help="folder for the report, the JSON and the figures")
+    p.add_argument("--methods", default="gradcam,lime,occlusion",
+                   help="comma-separated, from gradcam, lime, occlusion (default %(default)s)")
+    p.add_argument("--n-per-class", type=positive_int, default=4, help="images per class at most (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="image choice, random orderings, LIME (default %(default)s)")
+    p.add_argument("--compare-with", default=None, metavar="CKPT",
+                   help="another classifier of the same domain (e.g. the synthetic-only CNN): compare its maps")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default %(default)s)")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON summary object")
+    p.set_defaults(func=_cmd_explain_check)
+
+
+def _cmd_explain_check(args) -> int:
+    import sys
+
+    from ..explain_check import check_methods, run_check
+
+    methods = check_methods(args.methods.split(","))
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = run_check(args.checkpoint, args.data, args.out, methods=methods, n_per_class=args.n_per_class,
+                       seed=args.seed, compare_with=args.compare_with, progress=progress, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['domain']}: {result['n_images']} images, methods {', '.join(methods)} "
+          f"({result['seconds']:.1f} s)")
+    for method, verdicts in result["verdicts"].items():
+        for key, text in verdicts.items():
+            print(f"{method} {key}: {text}")
+    print(f"wrote {result['files']['report']}, {result['files']['json']}, {result['files']['examples']}, "
+          f"{result['files']['curves']}")
     return 0
 
 
@@ -260,6 +310,7 @@ def register(sub) -> None:
     _add_evaluate(sub)
     _add_classify(sub)
     _add_explain(sub)
+    _add_explain_check(sub)
     _add_inspect(sub)
     _add_ood_fit(sub)
     _add_domains(sub)

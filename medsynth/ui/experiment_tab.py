@@ -56,7 +56,7 @@ def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
     # -- the experiment as a job (the Train tab's rules: a data root, not in a public Space) -------------
     def experiment_status():
         """The latest job if it is a tstr run: status line with cells done, log tail, per-cell accuracy."""
-        from medsynth.tstr import progress_points
+        from ..tstr import progress_points
 
         st = manager.status()
         if st["kind"] != "tstr":
@@ -86,8 +86,8 @@ def create_experiment_tab(ctx: AppContext, demo: gr.Blocks) -> gr.Dropdown:
     @user_error
     def start_experiment(domain, real_train, real_test, diffusion_model, preset, train_sets, fractions, seeds,
                          epochs, per_class, gpus, name):
-        from medsynth import tstr
-        from medsynth.data import scan_dataset
+        from .. import tstr
+        from ..data import scan_dataset
 
         check_training_allowed()
         classes = get_domain(domain).classes

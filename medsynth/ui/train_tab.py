@@ -30,7 +30,7 @@ def create_train_tab(ctx: AppContext) -> gr.Timer:
 
     @user_error
     def start_training(kind, domain, data, steps, epochs, batch_size, gpus, base=NO_BASE, name=""):
-        from medsynth.data import scan_dataset
+        from ..data import scan_dataset
 
         check_training_allowed()
         if kind not in jobs.TRAINING_KINDS:
