@@ -454,3 +454,73 @@ def test_the_app_summary_and_zip_carry_the_mark(tmp_path):
     with zipfile.ZipFile(tmp_path / "z.zip") as zf:
         zf.extract("covid/covid_000003.png", tmp_path / "unzipped")
     assert read_marking(tmp_path / "unzipped" / "covid" / "covid_000003.png")["seed"] == "3"
+
+
+def _test_signer(tmp_path):
+    """A certificate chain made here (a test root and an ES256 signing certificate), as C2PA requires."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "medsynth test")])
+
+    def usage(**on):
+        flags = dict(digital_signature=False, content_commitment=False, key_encipherment=False,
+                     data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                     encipher_only=False, decipher_only=False)
+        return x509.KeyUsage(**{**flags, **on})
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    valid = dict(not_valid_before=now - datetime.timedelta(days=1), not_valid_after=now + datetime.timedelta(days=30))
+    ca = (x509.CertificateBuilder(**valid).subject_name(name("test root")).issuer_name(name("test root"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True).sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder(**valid).subject_name(name("medsynth signer")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "chain.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM)
+                                         + ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return tmp_path / "chain.pem", tmp_path / "key.pem"
+
+
+def test_a_configured_certificate_adds_a_signed_c2pa_manifest(tmp_path, monkeypatch, capsys):
+    from medsynth.cli import main
+    from medsynth.errors import MedsynthError
+    from medsynth.synthetic.marking import read_marking, save_marked_png
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 1), dtype=np.uint8)
+    save_marked_png(image, tmp_path / "plain.png", domain="covid_ct", seed=1)
+    assert "c2pa" not in read_marking(tmp_path / "plain.png")  # no certificate: no manifest, same bytes as before
+    cert, key = _test_signer(tmp_path)
+    monkeypatch.setenv("MEDSYNTH_C2PA_CERT", str(cert))
+    monkeypatch.setenv("MEDSYNTH_C2PA_KEY", str(key))
+    save_marked_png(image, tmp_path / "signed.png", domain="covid_ct", seed=1, **{"class": "covid"})
+    marking = read_marking(tmp_path / "signed.png")
+    assert marking["by"] == "medsynth" and marking["seed"] == "1"  # the text chunks survive the signing
+    assert marking["c2pa"]["digital_source_type"].endswith("trainedAlgorithmicMedia")
+    assert marking["c2pa"]["claim_generator"].startswith("medsynth") and marking["c2pa"]["signed_by"] == "medsynth test"
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "signed.png"))[..., None], image)  # pixels untouched
+    assert main(["inspect", str(tmp_path / "signed.png")]) == 0
+    assert "signed C2PA manifest by medsynth test" in capsys.readouterr().out
+    monkeypatch.delenv("MEDSYNTH_C2PA_KEY")
+    with pytest.raises(MedsynthError, match="needs both MEDSYNTH_C2PA_CERT"):
+        save_marked_png(image, tmp_path / "half.png", domain="covid_ct")
+    assert not (tmp_path / "half.png").exists()
