@@ -6,11 +6,12 @@ per curve.
 
 The measures:
 
-* **Deletion / insertion** (Petsiuk et al. 2018, RISE): pixels are replaced by a strongly blurred copy of the
-  image in order of decreasing relevance (deletion), or restored from the blurred copy in that order
-  (insertion), and the target probability is traced. A faithful map makes the deletion curve fall fast (low
-  area under the curve, AUC) and the insertion curve rise fast (high AUC), compared with random pixel
-  orderings (the chance level, a mean over a few seeded orderings).
+* **Deletion / insertion** (Petsiuk et al. 2018, RISE): 8-px patches (1/16 of the side) are replaced by a
+  strongly blurred copy of the image in order of decreasing mean relevance (deletion), or restored from the
+  blurred copy in that order (insertion), and the target probability is traced. A faithful map makes the
+  deletion curve fall fast (low area under the curve, AUC) and the insertion curve rise fast (high AUC),
+  compared with random orderings of the same patches (the chance level, a mean over a few seeded orderings;
+  random single pixels would make salt-and-pepper noise that lowers any CNN's probability faster than a region).
 * **Sanity** (Adebayo et al. 2018, cascading randomisation): the network's weights are re-initialised block by
   block from the top (head first), and the map is recomputed. A map that explains the *model* changes; one
   that merely shows edges of the image does not. Reported as Spearman rank correlation and SSIM to the
@@ -277,6 +278,27 @@ def _order(relevance: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(flat.size), -flat))
 
 
+def _patch_ids(shape: tuple[int, int], patch: int) -> np.ndarray:
+    """int (H, W): the id of the ``patch`` x ``patch`` block each pixel lies in (raster order of blocks)."""
+    h, w = shape
+    rows, cols = np.arange(h) // patch, np.arange(w) // patch
+    return rows[:, None] * (-(-w // patch)) + cols[None, :]
+
+
+def _patch_order(relevance: np.ndarray, patch: int, block_order: np.ndarray | None = None) -> np.ndarray:
+    """Pixel indices, block by block: blocks by decreasing mean relevance (ties by position), or in
+    ``block_order``; pixels inside a block in raster order."""
+    ids = _patch_ids(relevance.shape, patch).ravel()
+    n_blocks = int(ids.max()) + 1
+    if block_order is None:
+        means = np.bincount(ids, weights=np.asarray(relevance, np.float64).ravel(), minlength=n_blocks)
+        means /= np.maximum(np.bincount(ids, minlength=n_blocks), 1)
+        block_order = np.lexsort((np.arange(n_blocks), -means))
+    position = np.empty(n_blocks, np.int64)
+    position[block_order] = np.arange(n_blocks)
+    return np.lexsort((np.arange(ids.size), position[ids]))
+
+
 def _curve_images(view: np.ndarray, base: np.ndarray, order: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """Deletion images (view -> base), then insertion images (base -> view), one per count."""
     h, w, c = view.shape
@@ -292,8 +314,14 @@ def _curve_images(view: np.ndarray, base: np.ndarray, order: np.ndarray, counts:
 
 
 def deletion_insertion(clf: Classifier, image, relevance: np.ndarray, target: int, steps: int = 16,
-                       baseline: str = "blur", n_random: int = 3, seed: int = 0) -> dict:
-    """Deletion and insertion curves and AUCs of a relevance map, and of random pixel orderings.
+                       baseline: str = "blur", n_random: int = 3, seed: int = 0, patch: int | None = None) -> dict:
+    """Deletion and insertion curves and AUCs of a relevance map, and of random orderings of the same regions.
+
+    Pixels go in square patches (``patch`` px; default 1/16 of the side, 8 px at 128): the map's patches by
+    decreasing mean relevance, the chance level's in random order. Removing random single pixels instead
+    would scatter salt-and-pepper noise that no CNN has seen, which lowers the probability faster than any
+    region does and makes every map look unfaithful (measured on brain_mri: random pixel deletion AUC 0.37
+    against 0.44 for Grad-CAM); patches make both orderings remove regions. ``patch=1`` gives per-pixel curves.
 
     Args:
         clf: the classifier; ``image`` is taken at its input size (``model_view``).
@@ -318,13 +346,19 @@ def deletion_insertion(clf: Classifier, image, relevance: np.ndarray, target: in
     fractions = np.linspace(0, 1, steps + 1)
     counts = np.round(fractions * n).astype(np.int64)
     rng = np.random.default_rng(seed)
-    orders = [_order(relevance)] + [rng.permutation(n) for _ in range(n_random)]
+    patch = max(1, int(patch if patch is not None else min(relevance.shape) // 16))
+    if patch == 1:
+        orders = [_order(relevance)] + [rng.permutation(n) for _ in range(n_random)]
+    else:
+        n_blocks = int(_patch_ids(relevance.shape, patch).max()) + 1
+        orders = [_patch_order(relevance, patch)] + [_patch_order(relevance, patch, rng.permutation(n_blocks))
+                                                      for _ in range(n_random)]
     batch = [im for order in orders for im in _curve_images(view, base, order, counts)]
     probs = clf.predict_proba(batch)[:, int(target)].reshape(len(orders), 2, steps + 1)
     dele, ins = probs[0, 0], probs[0, 1]
     rdel, rins = probs[1:, 0].mean(0), probs[1:, 1].mean(0)
     return {
-        "target": int(target), "baseline": baseline, "fractions": fractions.round(6).tolist(),
+        "target": int(target), "baseline": baseline, "patch": patch, "fractions": fractions.round(6).tolist(),
         "deletion": dele.tolist(), "insertion": ins.tolist(),
         "deletion_auc": _auc(dele, fractions), "insertion_auc": _auc(ins, fractions),
         "random": {"n": n_random, "deletion": rdel.tolist(), "insertion": rins.tolist(),
@@ -687,9 +721,10 @@ def _report(result: dict) -> str:
         "",
         "## What the measures mean",
         "",
-        "- **Deletion AUC** (lower is better): pixels are replaced by a strongly blurred copy of the image in order "
-        "of decreasing relevance and the probability of the explained class is traced; the area under that curve. "
-        "A faithful map makes the probability fall sooner than random orderings do (**random deletion AUC**).",
+        "- **Deletion AUC** (lower is better): 8-px patches are replaced by a strongly blurred copy of the image in "
+        "order of decreasing relevance and the probability of the explained class is traced; the area under that "
+        "curve. A faithful map makes the probability fall sooner than random orderings of the same patches do "
+        "(**random deletion AUC**).",
         "- **Insertion AUC** (higher is better): pixels are restored from the blurred copy in the same order.",
         "- **Sanity** (Adebayo et al. 2018): the network's weights are re-initialised block by block from the top; "
         "the rank correlation (Spearman) and SSIM of the new map with the original. A map that explains the model "
