@@ -404,6 +404,26 @@ def cmd_sets(args) -> dict:
                                                "accuracy_mean_se": _mean_se(acc)}
     out = Path(args.out) if args.out else OUT / f"sets_{args.domain}.json"
     atomic.write_json(out, record)
+    if args.card and "audit_stage" in record and "audit_bicubic" in record:
+        from medsynth.cards.render import replace_section
+
+        card = ROOT / "checkpoints" / args.domain / "upsampler" / "README.md"
+        st, bi = record["audit_stage"], record["audit_bicubic"]
+        rows = ["| set at 128 px | FD-Lite0 | recall / coverage Lite0 | FD real CNN | recall / coverage real CNN | "
+                "synthetic-only CNN, input 128 |", "| --- | ---: | --- | ---: | --- | --- |"]
+        for name, a, key in (("this stage", st, "tstr_stage_128"), ("bicubic", bi, "tstr_64_at_128")):
+            t = record.get(key)
+            cnn = f"{t['accuracy_mean_se']['mean']:.3f} ± {t['accuracy_mean_se']['se']:.3f}" if t else "not run"
+            rows.append(f"| {name} | {a['lite0']['fd']:.1f} | {a['lite0']['recall']:.2f} / {a['lite0']['coverage']:.2f} | "
+                        f"{a['cnn']['fd']:.1f} | {a['cnn']['recall']:.2f} / {a['cnn']['coverage']:.2f} | {cnn} |")
+        mem = max(m["share_below_p1"] for m in st["memorization"].values())
+        heading = "## The generator's 800-image set at 128 px"
+        section = (f"{heading}\n\nThe shipped audit's set of the base generator (800 images), enlarged by this stage "
+                   f"and by bicubic interpolation and audited against the {sum(st['n']['train'].values())} real training images "
+                   f"at 128 px (benchmarks/RESULTS.md, \"The base generators' 800-image sets at 128 px\"):\n\n"
+                   + "\n".join(rows) + f"\n\nCopying: {mem:.1%} of the enlarged images are closer to a training "
+                   "image than the held-out 1st percentile (no sign of copying).\n")
+        atomic.write_text(card, replace_section(card.read_text(), heading, section))
     print(json.dumps(record))
     return record
 
@@ -448,6 +468,7 @@ def main() -> None:
     sets.add_argument("--domain", required=True)
     sets.add_argument("--runs", default="runs", help="the folder holding the run outputs (default %(default)s)")
     sets.add_argument("--out", default=None)
+    sets.add_argument("--card", action="store_true", help="also write the section into the upsampler's card")
     sub.add_parser("sets-table", help="the RESULTS.md table from the recorded sets_<domain>.json")
     bic = sub.add_parser("bicubic", help="a labelled synthetic set enlarged by bicubic interpolation (the baseline)")
     bic.add_argument("set")
