@@ -249,7 +249,7 @@ def test_audit_rerun_uses_the_feature_cache(folders, weights, classifier, fresh_
 @pytest.mark.parametrize("args, message", [
     (["--features", "nonsense"], "unknown feature extractor"),
     (["--features", "file:/no/such.safetensors"], "do not exist"),
-    (["--features", "classifier:/no/such/ckpt"], "not a folder"),
+    (["--features", "classifier:/no/such/ckpt"], "/no/such/ckpt: no such classifier checkpoint folder"),
 ])
 def test_audit_errors_are_clear(folders, tmp_path, capsys, args, message):
     assert main(["audit", "--synthetic", str(folders / "fresh"), "--train", str(folders / "train"),

@@ -69,8 +69,11 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(MedsynthError, match="is not a folder"):
+    with pytest.raises(MedsynthError, match="missing: no such classifier checkpoint folder"):
         load_classifier(tmp_path / "missing")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(MedsynthError, match="is not a folder"):
+        load_classifier(tmp_path / "a_file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedsynthError, match="has no config.json"):
         load_classifier(tmp_path / "empty")

@@ -36,7 +36,8 @@ def test_training_writes_checkpoint_card_and_logs(trained_tiny):
     assert config["arch"] == TINY_ARCH and config["classes"] == ["benign", "early", "pre", "pro"]
     assert config["input_size"] == 32 and config["channels"] == 3 and len(config["mean"]) == 3
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense:") and "library_name: timm" in card and "Research use only" in card
+    assert card.startswith("---\n") and "\nlicense: other\n" in card and "library_name: timm" in card
+    assert "Research use only" in card
     log = (out / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,train_loss,val_accuracy,val_macro_f1") and len(log) == 5
     split = json.loads((out / "split.json").read_text())
@@ -150,7 +151,7 @@ def test_one_epoch_cli_training_then_evaluate(tmp_path):
         (["evaluate", "--data", "x"], "the following arguments are required: --checkpoint"),
         (["train-classifier", "--domain", "lungs", "--data", "x", "--out", "y"], "invalid choice: 'lungs'"),
         (["train-classifier", "--domain", "covid_ct", "--data", "x", "--out", "y", "--epochs", "0"], "must be at least 1"),
-        (["classify", "--checkpoint", "nowhere", "a.png"], "checkpoint nowhere is not a folder"),
+        (["classify", "--checkpoint", "nowhere", "a.png"], "nowhere: no such classifier checkpoint folder"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )

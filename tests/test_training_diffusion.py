@@ -55,7 +55,8 @@ def test_training_max_steps_and_resume(tmp_path, ct_data):
     assert [int(r["step"]) for r in csv.DictReader(open(run / "loss.csv"))] == [1, 2, 3]
     assert load_pipeline(run)(["covid"], 2, generator=_gen(0)).shape == (1, 16, 16, 1)
     card = (run / "README.md").read_text()
-    assert card.startswith("---\nlicense:") and "library_name: diffusers" in card and "3 steps" in card
+    assert card.startswith("---\n") and "\nlicense: other\n" in card and "library_name: diffusers" in card
+    assert "3 steps" in card
 
     with pytest.raises(MedsynthError, match="already holds a diffusion run; pass --resume"):
         train_diffusion(_recipe(tmp_path, ct_data, max_steps=5))
