@@ -371,7 +371,7 @@ class NiftiVolume:
                                  "read; convert the volume to one real value per voxel")
         self.img, self.shape = img, shape
         self.slices = shape[2] if len(shape) == 3 else 1
-        self.window = self._window()
+        self._window_range: tuple[float, float] | None = None  # read on the first slice: frame_count needs none
 
     def _voxels(self, index=None) -> np.ndarray:
         proxy = self.img.dataobj
@@ -405,7 +405,9 @@ class NiftiVolume:
         """One axial slice as uint8 (H, W): anterior up, the patient's right on the left, square pixels."""
         k = _pick(self.slices, index, self.name, "slice")
         plane = self._voxels(k if len(self.img.shape) > 2 else None)
-        gray = scale_to_uint8(plane, *self.window).T[::-1, ::-1]  # (x, y) RAS -> rows A..P, columns R..L
+        if self._window_range is None:
+            self._window_range = self._window()
+        gray = scale_to_uint8(plane, *self._window_range).T[::-1, ::-1]  # (x, y) RAS -> rows A..P, columns R..L
         zooms = self.img.header.get_zooms()[:2]
         dx, dy = (float(z) if z and np.isfinite(z) and z > 0 else 1.0 for z in zooms)
         if abs(dx / dy - 1) > 0.01:  # non-square pixels: stretch the shorter side, as a viewer does
